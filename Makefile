@@ -1,0 +1,33 @@
+# `make run` serves the dev server with the demo page; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test migrate token clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Dev mode: embedded SQLite under data/, a local JWT secret under data/, the demo at /.
+run: setup
+	CHAT_DEV=1 $(BIN)/chat-server migrate
+	CHAT_DEV=1 $(BIN)/chat-server serve
+
+migrate: setup
+	CHAT_DEV=1 $(BIN)/chat-server migrate
+
+# make token USER=alice [NAME=Alice]: a dev token for a socket.io client.
+token: setup
+	@CHAT_DEV=1 $(BIN)/chat-server token $(USER) $(if $(NAME),--name "$(NAME)")
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,57 @@
+"""The `chat-server` console script: serve, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from app.auth import DEFAULT_TOKEN_TTL_S, TokenVerifier
+from app.config import Config, ConfigError
+from app.db import migrate
+from app.errors import InvalidArgument
+from app.main import create_app
+
+logger = logging.getLogger("chat-server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chat-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="serve on CHAT_HOST:CHAT_PORT")
+    sub.add_parser("migrate", help="apply database migrations")
+    token = sub.add_parser("token", help="print a signed token for a user")
+    token.add_argument("user_id")
+    token.add_argument("--name", help="display name claim")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="lifetime in seconds")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config.from_env()
+    except ConfigError as e:
+        print(f"chat-server: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(config.log_level)
+
+    if args.command == "serve":
+        logger.info("serving on http://%s:%s (database: %s)", config.host, config.port, config.dialect)
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+        return 0
+    if args.command == "migrate":
+        applied = asyncio.run(migrate(config))
+        logger.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
+        return 0
+    try:
+        print(TokenVerifier(config).issue(args.user_id, args.name, args.ttl))
+    except (InvalidArgument, RuntimeError) as e:
+        print(f"chat-server: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

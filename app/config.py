@@ -1,0 +1,162 @@
+"""Configuration, read once from the environment into a frozen object."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path("data")
+DEFAULT_DATABASE_URL = "sqlite://data/chat.sqlite3"
+DEV_SECRET_FILE = DATA_DIR / "dev-jwt-secret"
+# PyJWT warns for HMAC keys shorter than the hash; insist on it up front.
+MIN_HMAC_SECRET_BYTES = 32
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+PRESENCE_SCOPES = frozenset({"all", "contacts"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithm: str = "HS256"
+    dev_mode: bool = False
+    cors_origins: tuple[str, ...] = ()
+    presence_scope: str = "all"
+    # Per-socket budget of client events: a steady rate and a burst on top.
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 60
+    # Engine.IO refuses larger packets before they reach a handler.
+    max_packet_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+    demo_dir: Path | None = field(default=None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Build the config from ``CHAT_*`` variables; raise ConfigError naming a bad key."""
+        env = os.environ if env is None else env
+        dev_mode = _bool(env, "CHAT_DEV", False)
+        algorithm = env.get("CHAT_JWT_ALGORITHM", "HS256").strip().upper()
+        if algorithm not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(f"CHAT_JWT_ALGORITHM: unsupported algorithm {algorithm!r}")
+        public_key = _public_key(env)
+        secret = env.get("CHAT_JWT_SECRET") or None
+        cors = env.get("CHAT_CORS_ORIGINS", "*" if dev_mode else "")
+        scope = env.get("CHAT_PRESENCE_SCOPE", "all").strip().lower()
+        if scope not in PRESENCE_SCOPES:
+            raise ConfigError(f"CHAT_PRESENCE_SCOPE: must be one of {sorted(PRESENCE_SCOPES)}")
+        config = cls(
+            host=env.get("CHAT_HOST", "127.0.0.1"),
+            port=_int(env, "CHAT_PORT", 8080, 0, 65535),
+            database_url=env.get("CHAT_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=env.get("CHAT_REDIS_URL") or None,
+            jwt_secret=secret,
+            jwt_public_key=public_key,
+            jwt_algorithm=algorithm,
+            dev_mode=dev_mode,
+            cors_origins=tuple(o.strip() for o in cors.split(",") if o.strip()),
+            presence_scope=scope,
+            rate_limit_per_s=float(_int(env, "CHAT_RATE_LIMIT_PER_S", 20, 1, 100_000)),
+            rate_limit_burst=_int(env, "CHAT_RATE_LIMIT_BURST", 60, 1, 1_000_000),
+            log_level=env.get("CHAT_LOG_LEVEL", "INFO").upper(),
+            demo_dir=Path(env["CHAT_DEMO_DIR"]) if env.get("CHAT_DEMO_DIR") else None,
+        )
+        return config.validated()
+
+    def validated(self) -> Config:
+        """Check cross-field rules; in dev mode, fill in a local JWT secret."""
+        if not self.database_url.startswith(("sqlite://", "mysql://")):
+            raise ConfigError("CHAT_DATABASE_URL: must start with sqlite:// or mysql://")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("CHAT_REDIS_URL: must be a redis:// or rediss:// URL")
+        if self.jwt_algorithm in ASYMMETRIC_ALGORITHMS:
+            if not self.jwt_public_key:
+                raise ConfigError(
+                    f"CHAT_JWT_PUBLIC_KEY: required with CHAT_JWT_ALGORITHM={self.jwt_algorithm}"
+                )
+            return self
+        config = self
+        if not config.jwt_secret:
+            if not config.dev_mode:
+                raise ConfigError(
+                    "CHAT_JWT_SECRET: required (set it, or CHAT_DEV=1 for a local dev secret)"
+                )
+            config = replace(config, jwt_secret=dev_secret())
+        assert config.jwt_secret is not None
+        if len(config.jwt_secret.encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ConfigError(f"CHAT_JWT_SECRET: must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return config
+
+    @property
+    def dialect(self) -> str:
+        return "mysql" if self.database_url.startswith("mysql://") else "sqlite"
+
+
+def dev_secret(path: Path = DEV_SECRET_FILE) -> str:
+    """Return the dev-mode JWT secret kept under data/, making it on first use."""
+    if path.exists():
+        secret = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+    logger.warning(
+        "DEV MODE: signing tokens with the local secret in %s. Never run like this in "
+        "production: set CHAT_JWT_SECRET and leave CHAT_DEV unset.",
+        path,
+    )
+    return secret
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key}: expected a boolean (1/0, true/false), got {raw!r}")
+
+
+def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _public_key(env: Mapping[str, str]) -> str | None:
+    if env.get("CHAT_JWT_PUBLIC_KEY"):
+        return env["CHAT_JWT_PUBLIC_KEY"]
+    path = env.get("CHAT_JWT_PUBLIC_KEY_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"CHAT_JWT_PUBLIC_KEY_FILE: cannot read {path}: {e.strerror}") from None

@@ -1,0 +1,137 @@
+"""Database wiring: the Tortoise config, migrations, and the ORM cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from aiohttp import web
+from tortoise import context as tortoise_context
+from tortoise.context import TortoiseContext
+
+from app.config import Config
+from app.keys import DB
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+APP_LABEL = "models"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    # The connection is named after its dialect because Tortoise caches compiled
+    # INSERTs process-wide by (connection name, table): a SQLite and a MySQL app in
+    # one process (the test suite does this) must not share a name.
+    name = urlsplit(database_url).scheme
+    return {
+        "connections": {name: _with_defaults(database_url)},
+        "apps": {APP_LABEL: {"models": ["models", "aerich.models"], "default_connection": name}},
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def _with_defaults(url: str) -> str:
+    """Add the driver options this server relies on unless the URL sets them."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        # An acknowledged message must survive a crash: fsync every commit.
+        query.setdefault("synchronous", "FULL")
+        query.setdefault("busy_timeout", "5000")
+        path = Path(parts.netloc + parts.path)
+        if path.parent != Path("."):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # utf8mb4 is what makes emoji round-trip on MySQL.
+        query.setdefault("charset", "utf8mb4")
+        query.setdefault("maxsize", "20")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def migrations_location(config: Config) -> Path:
+    # aerich writes raw SQL for one dialect, so each dialect keeps its own set.
+    return MIGRATIONS_DIR / config.dialect
+
+
+async def migrate(config: Config) -> list[str]:
+    """Apply pending aerich migrations; return the names of those applied."""
+
+    async def run() -> list[str]:
+        from aerich import Command
+
+        async with Command(
+            tortoise_config(config.database_url),
+            app=APP_LABEL,
+            location=str(migrations_location(config)),
+        ) as command:
+            return await command.upgrade(run_in_transaction=True)
+
+    # aerich initialises Tortoise's context-local state; keep it out of the caller's.
+    return await asyncio.create_task(run(), context=contextvars.Context())
+
+
+class Database:
+    """The app's Tortoise context, entered explicitly by every entry point.
+
+    Tortoise 1.x keeps its state in a context variable. Entering our own
+    context per socket event and per request (instead of relying on whatever
+    the startup task left behind) keeps two apps in one process - tests, a
+    scale-out demo - from ever sharing connections.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._orm: TortoiseContext | None = None
+
+    async def open(self) -> None:
+        orm = TortoiseContext()
+        self._orm = orm
+        try:
+            with self.bound():  # init binds models to the current context
+                await orm.init(config=tortoise_config(self._config.database_url))
+        except BaseException:
+            self._orm = None
+            raise
+
+    async def close(self) -> None:
+        if self._orm is not None:
+            with self.bound():
+                await self._orm.close_connections()
+            self._orm = None
+
+    @contextmanager
+    def bound(self) -> Iterator[TortoiseContext]:
+        """Make this database current for ORM calls inside the block.
+
+        TortoiseContext's own ``with`` keeps its reset token on the shared
+        context object, so two concurrent tasks entering it clobber each
+        other's token. We set Tortoise's context variable ourselves: the
+        token lives on this frame, and each task's copy of the variable is
+        its own.
+        """
+        if self._orm is None:
+            raise RuntimeError("database is not open")
+        token = tortoise_context._current_context.set(self._orm)
+        try:
+            yield self._orm
+        finally:
+            tortoise_context._current_context.reset(token)
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer a trivial query."""
+        with self.bound() as orm:
+            await orm.db().execute_query("SELECT 1")
+
+
+async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
+    db = app[DB]
+    await db.open()
+    yield
+    await db.close()

@@ -1,0 +1,51 @@
+"""Operational HTTP endpoints: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from app.keys import DB, METRICS, REDIS
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app[DB].ping(), READY_TIMEOUT_S)
+        checks["database"] = "ok"
+    except Exception as exc:
+        logger.warning("readiness: database unreachable: %r", exc)
+        checks["database"] = "unreachable"
+    redis = request.app.get(REDIS)
+    if redis is not None:
+        try:
+            await asyncio.wait_for(redis.ping(), READY_TIMEOUT_S)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            logger.warning("readiness: redis unreachable: %r", exc)
+            checks["redis"] = "unreachable"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})

@@ -1,0 +1,29 @@
+"""Typed application state: every resource the app holds, under one AppKey each."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import socketio
+from redis.asyncio import Redis
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from app.auth import TokenVerifier
+    from app.chat import ChatService
+    from app.config import Config
+    from app.db import Database
+    from app.metrics import Metrics
+    from app.presence import Presence
+    from handlers.chat import ChatNamespace
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+DB: web.AppKey[Database] = web.AppKey("db")
+SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio", socketio.AsyncServer)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
+VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
+CHAT: web.AppKey[ChatService] = web.AppKey("chat")
+NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
+# Set only when CHAT_REDIS_URL is configured.
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
