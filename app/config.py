@@ -14,9 +14,9 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path("data")
 DEFAULT_DATABASE_URL = "sqlite://data/chat.sqlite3"
 DEV_SECRET_FILE = DATA_DIR / "dev-jwt-secret"
-# PyJWT warns for HMAC keys shorter than the hash; insist on it up front.
-MIN_HMAC_SECRET_BYTES = 32
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# PyJWT warns for HMAC keys shorter than the hash output; insist on it up front.
+HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET_BYTES)
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 PRESENCE_SCOPES = frozenset({"all", "contacts"})
 
@@ -99,8 +99,11 @@ class Config:
                 )
             config = replace(config, jwt_secret=dev_secret())
         assert config.jwt_secret is not None
-        if len(config.jwt_secret.encode()) < MIN_HMAC_SECRET_BYTES:
-            raise ConfigError(f"CHAT_JWT_SECRET: must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        min_bytes = HMAC_MIN_SECRET_BYTES[config.jwt_algorithm]
+        if len(config.jwt_secret.encode()) < min_bytes:
+            raise ConfigError(
+                f"CHAT_JWT_SECRET: must be at least {min_bytes} bytes for {config.jwt_algorithm}"
+            )
         return config
 
     @property
@@ -114,7 +117,7 @@ def dev_secret(path: Path = DEV_SECRET_FILE) -> str:
         secret = path.read_text().strip()
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_urlsafe(48)
+        secret = secrets.token_urlsafe(64)  # 86 characters: enough for any HMAC algorithm
         path.write_text(secret + "\n")
         path.chmod(0o600)
     logger.warning(

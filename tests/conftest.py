@@ -23,7 +23,7 @@ from app.keys import DB
 from app.main import create_app
 from models import Conversation, Counter, Message, User
 
-SECRET = "test-secret-that-is-at-least-32-bytes-long!"
+SECRET = "test-secret-" + "0123456789abcdef" * 4  # 76 bytes: enough for HS512 too
 MYSQL_ADMIN_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql://root:@127.0.0.1:3306")
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("CHAT_REQUIRE_SERVICES") == "1"

@@ -226,3 +226,15 @@ async def test_unknown_event_answers_unknown_event(connect: Connect) -> None:
     alice = await connect("alice")
     assert await alice.error("DeleteEverything", "now") == "unknown_event"
     assert await alice.error("sendMessage", "alice", "bob", "hi") == "unknown_event"
+
+
+async def test_user_ids_are_case_sensitive_on_every_backend(connect: Connect) -> None:
+    alice = await connect("alice")
+    lower = await connect("bob")
+    upper = await connect("Bob")
+    await alice.ok("SendMessage", "alice", "bob", "to bob")
+    await alice.ok("SendMessage", "alice", "Bob", "to Bob")
+
+    assert [m["text"] for m in await lower.ok("GetMessageHistory", "alice", "bob")] == ["to bob"]
+    assert [m["text"] for m in await upper.ok("GetMessageHistory", "alice", "Bob")] == ["to Bob"]
+    assert sorted(c["id"] for c in await alice.ok("GetConversations")) == ["Bob", "bob"]

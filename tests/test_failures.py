@@ -1,0 +1,65 @@
+"""Storage outages: client-safe errors, nothing half-done, readiness says so."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from app.keys import DB
+from tests.conftest import ChatClient, Connect, ServerFactory, flush, make_token
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_storage_failure_answers_unavailable_without_detail(
+    server: TestServer, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = await connect("alice"), await connect("bob")
+    # Take the message table away underneath the running server.
+    with server.app[DB].bound() as orm:
+        await orm.db().execute_script('ALTER TABLE "chat_message" RENAME TO "chat_message_gone"')
+    try:
+        with caplog.at_level(logging.ERROR):
+            reply = await alice.call("SendMessage", "alice", "bob", "into the void")
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "unavailable"
+        assert "chat_message" not in reply["error"]["message"]
+        assert "Traceback" not in reply["error"]["message"]
+        assert "chat_message" in caplog.text  # the detail is in the server log instead
+
+        history = await bob.call("GetMessageHistory", "alice", "bob")
+        assert history["error"]["code"] == "unavailable"
+        await flush(bob, via=alice)
+        assert bob.named("ReceiveMessage") == []
+    finally:
+        with server.app[DB].bound() as orm:
+            await orm.db().execute_script(
+                'ALTER TABLE "chat_message_gone" RENAME TO "chat_message"'
+            )
+    # Nothing was half-written: no conversation head points at a missing message.
+    assert await bob.ok("GetConversations") == []
+    assert await alice.ok("SendMessage", "alice", "bob", "back again")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_unreachable_database_refuses_handshake_and_fails_readiness(
+    start_server: ServerFactory, aiohttp_client
+) -> None:
+    # Start one healthy server first so the shared fixture wipes the real test database.
+    await start_server()
+    dead = await start_server(database_url="mysql://root:@127.0.0.1:1/nowhere")
+    client: TestClient = await aiohttp_client(dead)
+
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["database"] == "unreachable"
+    assert (await client.get("/healthz")).status == 200
+
+    chat = ChatClient("alice")
+    with pytest.raises(Exception):
+        await chat.sio.connect(
+            str(dead.make_url("")).rstrip("/"), namespaces=["/chat"],
+            auth={"token": make_token("alice")}, transports=["websocket"], wait_timeout=5,
+        )
+    assert chat.connect_error["data"]["code"] == "unavailable"

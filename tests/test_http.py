@@ -1,0 +1,41 @@
+"""Liveness, readiness and metrics over real HTTP."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import Connect
+
+
+async def test_health_and_readiness(server: TestServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/healthz")) as r:
+            assert r.status == 200 and (await r.json())["status"] == "ok"
+        async with http.get(server.make_url("/readyz")) as r:
+            assert r.status == 200
+            assert await r.json() == {"status": "ready", "checks": {"database": "ok"}}
+
+
+async def test_metrics_count_connections_messages_and_errors(
+    server: TestServer, connect: Connect
+) -> None:
+    alice = await connect("alice")
+    await alice.ok("SendMessage", "alice", "bob", "counted")
+    await alice.ok("SendMessage", "alice", "bob", "counted", )
+    await alice.error("SendMessage", "mallory", "bob", "no")
+    await alice.error("NoSuchMethod")
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/metrics")) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(lines["chat_connections"]) == 1.0
+    assert float(lines["chat_messages_sent_total"]) == 2.0
+    assert float(lines['chat_errors_total{code="forbidden"}']) == 1.0
+    assert float(lines['chat_errors_total{code="unknown_event"}']) == 1.0
+    assert 'chat_event_seconds_count{event="SendMessage"}' in lines

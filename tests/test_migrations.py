@@ -1,0 +1,90 @@
+"""aerich migrations: build the schema from empty on both dialects and match the models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.config import Config
+from app.db import APP_LABEL, Database, migrate, migrations_location, tortoise_config
+from models import Message
+from tests.conftest import SECRET, _mysql_admin, mysql_url
+
+
+async def _pending_changes(config: Config, tmp_path: Path) -> str:
+    """What `aerich migrate` would generate now; "" when models and migrations agree."""
+    from aerich import Command
+
+    location = tmp_path / "migrations"
+    shutil.copytree(migrations_location(config), location / APP_LABEL)
+
+    async def run() -> str:
+        async with Command(
+            tortoise_config(config.database_url), app=APP_LABEL, location=str(location)
+        ) as command:
+            await command.init(offline=True)
+            return await command.migrate("check", no_input=True, offline=True)
+
+    return await asyncio.create_task(run(), context=contextvars.Context())
+
+
+async def _check_from_empty(config: Config, tmp_path: Path) -> None:
+    assert len(await migrate(config)) == 1
+    assert await migrate(config) == []  # a second run has nothing to do
+    db = Database(config)
+    await db.open()
+    try:
+        with db.bound():
+            assert await Message.all().count() == 0
+    finally:
+        await db.close()
+    assert await _pending_changes(config, tmp_path) == ""
+
+
+async def test_sqlite_schema_builds_from_empty_and_matches_models(tmp_path: Path) -> None:
+    config = Config(database_url=f"sqlite://{tmp_path}/fresh.sqlite3", jwt_secret=SECRET)
+    await _check_from_empty(config, tmp_path)
+
+
+async def test_mariadb_schema_builds_from_empty_and_matches_models(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    name = f"chat_migrate_{tmp_path.name[-8:].replace('-', '_')}"
+    await _mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+    await _mysql_admin(f"CREATE DATABASE `{name}`")
+    try:
+        await _check_from_empty(Config(database_url=mysql_url(name), jwt_secret=SECRET), tmp_path)
+    finally:
+        await _mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+async def test_mariadb_tables_compare_ids_byte_for_byte(mariadb_url: str) -> None:
+    import asyncmy
+
+    from tests.conftest import _mysql_connect_kwargs
+
+    database = mariadb_url.rsplit("/", 1)[1]
+    conn = await asyncmy.connect(**_mysql_connect_kwargs(), db=database)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT TABLE_COLLATION FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA=%s AND TABLE_NAME='chat_message'",
+                (database,),
+            )
+            (collation,) = await cur.fetchone()
+    finally:
+        conn.close()
+    assert collation == "utf8mb4_bin"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "mysql"])
+def test_each_dialect_has_its_own_migration_set(dialect: str) -> None:
+    url = "sqlite://x.db" if dialect == "sqlite" else "mysql://u:p@h:3306/d"
+    location = migrations_location(Config(database_url=url, jwt_secret=SECRET))
+    assert location.name == dialect
+    assert sorted(p.name for p in (location / APP_LABEL).glob("0_*.py"))
