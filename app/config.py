@@ -81,10 +81,13 @@ class Config:
         """Check cross-field rules; in dev mode, fill in a local JWT secret."""
         if not self.database_url.startswith(("sqlite://", "mysql://")):
             raise ConfigError("CHAT_DATABASE_URL: must start with sqlite:// or mysql://")
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError("CHAT_REDIS_URL: must be a redis:// or rediss:// URL")
+        if self.redis_url is not None:
+            # Refuse rather than ignore: a second instance without the backplane
+            # would silently split users between processes.
+            raise ConfigError(
+                "CHAT_REDIS_URL: the Redis backplane is not available in this version; "
+                "run a single instance and leave CHAT_REDIS_URL unset"
+            )
         if self.jwt_algorithm in ASYMMETRIC_ALGORITHMS:
             if not self.jwt_public_key:
                 raise ConfigError(

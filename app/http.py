@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from app.keys import DB, METRICS, REDIS
+from app.keys import DB, METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +30,6 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         logger.warning("readiness: database unreachable: %r", exc)
         checks["database"] = "unreachable"
-    redis = request.app.get(REDIS)
-    if redis is not None:
-        try:
-            await asyncio.wait_for(redis.ping(), READY_TIMEOUT_S)
-            checks["redis"] = "ok"
-        except Exception as exc:
-            logger.warning("readiness: redis unreachable: %r", exc)
-            checks["redis"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import socketio
-from redis.asyncio import Redis
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -25,5 +24,3 @@ PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 CHAT: web.AppKey[ChatService] = web.AppKey("chat")
 NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
-# Set only when CHAT_REDIS_URL is configured.
-REDIS: web.AppKey[Redis] = web.AppKey("redis")

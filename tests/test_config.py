@@ -37,7 +37,7 @@ def test_defaults_and_values_from_environment() -> None:
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_PORT": "eighty"}, "CHAT_PORT"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_PORT": "70000"}, "CHAT_PORT"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_DATABASE_URL": "postgres://x"}, "CHAT_DATABASE_URL"),
-        ({"CHAT_JWT_SECRET": SECRET, "CHAT_REDIS_URL": "http://x"}, "CHAT_REDIS_URL"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_REDIS_URL": "redis://127.0.0.1:6379"}, "CHAT_REDIS_URL"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_JWT_ALGORITHM": "none"}, "CHAT_JWT_ALGORITHM"),
         ({"CHAT_JWT_ALGORITHM": "RS256"}, "CHAT_JWT_PUBLIC_KEY"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_DEV": "maybe"}, "CHAT_DEV"),
