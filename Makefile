@@ -22,9 +22,9 @@ run: setup
 migrate: setup
 	CHAT_DEV=1 $(BIN)/chat-server migrate
 
-# make token USER=alice [NAME=Alice]: a dev token for a socket.io client.
+# make token ID=alice [NAME=Alice]: a dev token for a socket.io client.
 token: setup
-	@CHAT_DEV=1 $(BIN)/chat-server token $(USER) $(if $(NAME),--name "$(NAME)")
+	@CHAT_DEV=1 $(BIN)/chat-server token $(ID) $(if $(NAME),--name "$(NAME)")
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
