@@ -10,6 +10,7 @@ import socketio
 from aiohttp import web
 
 from app import http
+from app.api import setup_api
 from app.auth import TokenVerifier
 from app.chat import ChatService
 from app.config import Config
@@ -50,6 +51,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(orm_ctx)
     app.cleanup_ctx.append(sio_ctx)
     app.add_routes(http.routes)
+    setup_api(app)
     demo_dir = config.demo_dir or (DEMO_DIR if config.dev_mode else None)
     if demo_dir is not None and demo_dir.is_dir():
         app.router.add_get("/", _index(demo_dir))

@@ -1,0 +1,128 @@
+"""REST API under /api: conversations, cursor-paged history, online users.
+
+Views parse, call one ChatService method, and answer JSON. The middleware
+authenticates, binds the database, and turns domain errors into
+``{"error": {"code", "message"}}`` with the matching HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp_cors
+from aiohttp import web
+
+from app.auth import Identity, bearer_token
+from app.errors import ChatError, InvalidArgument, client_error
+from app.keys import CHAT, CONFIG, DB, VERIFIER
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/"
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+OPENAPI_FILE = Path(__file__).with_name("openapi.json")
+DEV_TOKEN_TTL_S = 12 * 3600
+# Paths under /api that need no token.
+PUBLIC_PATHS = frozenset({"/api/openapi.json", "/api/dev/token"})
+
+routes = web.RouteTableDef()
+
+
+def error_response(error: ChatError) -> web.Response:
+    return web.json_response(
+        {"error": {"code": error.code, "message": error.message}}, status=error.http_status
+    )
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    if not request.path.startswith(API_PREFIX) or request.method == "OPTIONS":
+        return await handler(request)
+    try:
+        if request.path not in PUBLIC_PATHS:
+            token = bearer_token(request.headers.get("Authorization"))
+            request[IDENTITY] = request.app[VERIFIER].verify(token)
+        with request.app[DB].bound():
+            return await handler(request)
+    except web.HTTPException:
+        raise  # aiohttp's own 404/405 for unknown routes
+    except Exception as exc:
+        return error_response(client_error(exc, f"{request.method} {request.path}"))
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer") from None
+
+
+@routes.get("/api/conversations")
+async def conversations(request: web.Request) -> web.Response:
+    caller = request[IDENTITY].user_id
+    return web.json_response({"conversations": await request.app[CHAT].conversations(caller)})
+
+
+@routes.get("/api/conversations/{userId}/messages")
+async def messages(request: web.Request) -> web.Response:
+    caller = request[IDENTITY].user_id
+    limit = _int_query(request, "limit", 50)
+    before = request.query.get("before") or None
+    page, next_before = await request.app[CHAT].history_page(
+        caller, request.match_info["userId"], before, limit
+    )
+    return web.json_response({"messages": page, "nextBefore": next_before})
+
+
+@routes.get("/api/users/online")
+async def online_users(request: web.Request) -> web.Response:
+    return web.json_response({"users": await request.app[CHAT].online_users()})
+
+
+@routes.get("/api/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(json.loads(OPENAPI_FILE.read_text()))
+
+
+async def dev_token(request: web.Request) -> web.Response:
+    """Dev mode only: a token for any user id, so the demo can sign in as anyone."""
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        raise InvalidArgument("body must be JSON: {\"userId\": \"...\"}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("body must be a JSON object")
+    name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgument("name must be a string")
+    user_id = body.get("userId")
+    token = request.app[VERIFIER].issue(user_id, name or None, DEV_TOKEN_TTL_S)  # validates user_id
+    return web.json_response({"token": token, "userId": user_id})
+
+
+def setup_api(app: web.Application) -> None:
+    app.middlewares.append(api_middleware)
+    app.add_routes(routes)
+    if app[CONFIG].dev_mode:
+        app.router.add_post("/api/dev/token", dev_token)
+    origins = app[CONFIG].cors_origins
+    if origins:
+        cors = aiohttp_cors.setup(
+            app,
+            defaults={
+                origin: aiohttp_cors.ResourceOptions(
+                    allow_headers=("Authorization", "Content-Type"), max_age=600
+                )
+                for origin in origins
+            },
+        )
+        for route in list(app.router.routes()):
+            if route.resource is not None and route.resource.canonical.startswith("/api/"):
+                cors.add(route)
+

@@ -1,0 +1,155 @@
+"""REST API: auth, cursor paging, errors, and the OpenAPI document held against real answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from aiohttp.test_utils import TestServer
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from tests.conftest import Connect, ServerFactory, make_token
+
+OPENAPI = json.loads((Path(__file__).parent.parent / "app" / "openapi.json").read_text())
+# OpenAPI 3.1 schemas are JSON Schema 2020-12; refs point into the document.
+REGISTRY = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(OPENAPI))
+
+
+def check_against_openapi(path: str, method: str, status: int, body: Any) -> None:
+    """Validate a real response body against the schema the document promises."""
+    response = OPENAPI["paths"][path][method]["responses"][str(status)]
+    schema = response["content"]["application/json"]["schema"]
+    ref = schema["$ref"].replace("#", "urn:openapi#", 1)
+    jsonschema.Draft202012Validator({"$ref": ref}, registry=REGISTRY).validate(body)
+
+
+async def get(server: TestServer, path: str, user: str | None = "alice", token: str | None = None,
+              **params: str) -> tuple[int, Any]:
+    headers = {}
+    if token is not None or user is not None:
+        headers["Authorization"] = f"Bearer {token or make_token(user)}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url(path), headers=headers, params=params) as r:
+            return r.status, await r.json()
+
+
+async def test_history_pages_by_cursor_with_nothing_skipped_or_repeated(
+    server: TestServer, connect: Connect
+) -> None:
+    alice, bob = await connect("alice"), await connect("bob")
+    sent = []
+    for i in range(7):
+        sender, receiver, client = (("alice", "bob", alice) if i % 3 else ("bob", "alice", bob))
+        sent.append(await client.ok("SendMessage", sender, receiver, f"m{i}"))
+    await alice.ok("SendMessage", "alice", "carol", "elsewhere")
+
+    seen: list[str] = []
+    before = None
+    pages = 0
+    while True:
+        params = {"limit": "3", **({"before": before} if before else {})}
+        status, body = await get(server, "/api/conversations/bob/messages", **params)
+        assert status == 200
+        check_against_openapi("/api/conversations/{userId}/messages", "get", 200, body)
+        seen.extend(m["id"] for m in body["messages"])
+        pages += 1
+        before = body["nextBefore"]
+        if before is None:
+            break
+    assert seen == list(reversed(sent))
+    assert pages == 3
+
+
+async def test_conversations_and_online_users_match_the_document(
+    server: TestServer, connect: Connect
+) -> None:
+    alice = await connect("alice")
+    await alice.ok("SendMessage", "alice", "bob", "hi")
+
+    status, body = await get(server, "/api/conversations")
+    assert status == 200 and [c["id"] for c in body["conversations"]] == ["bob"]
+    check_against_openapi("/api/conversations", "get", 200, body)
+
+    status, body = await get(server, "/api/users/online", user="bob")
+    assert status == 200 and body == {"users": ["alice"]}
+    check_against_openapi("/api/users/online", "get", 200, body)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("headers", "label"),
+    [
+        ({}, "no token"),
+        ({"Authorization": "Bearer not-a-jwt"}, "bad token"),
+        ({"Authorization": "Basic YWxpY2U6cHc="}, "wrong scheme"),
+        ({"Authorization": f"Bearer {make_token('alice', ttl_s=-5)}"}, "expired"),
+    ],
+)
+async def test_missing_or_bad_token_is_401(server: TestServer, headers: dict[str, str], label: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/conversations", "/api/conversations/bob/messages", "/api/users/online"):
+            async with http.get(server.make_url(path), headers=headers) as r:
+                assert r.status == 401, (label, path)
+                body = await r.json()
+                assert body["error"]["code"] == "unauthorized"
+                check_against_openapi("/api/conversations", "get", 401, body)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_bad_limit_is_400_and_unknown_cursor_is_404(server: TestServer, connect: Connect) -> None:
+    alice, carol = await connect("alice"), await connect("carol")
+    await alice.ok("SendMessage", "alice", "bob", "hi")
+    elsewhere = await alice.ok("SendMessage", "alice", "carol", "not in alice-bob")
+    path = "/api/conversations/bob/messages"
+    for limit in ("0", "101", "ten", "-1"):
+        status, body = await get(server, path, limit=limit)
+        assert status == 400 and body["error"]["code"] == "invalid_argument", limit
+        check_against_openapi("/api/conversations/{userId}/messages", "get", 400, body)
+    status, body = await get(server, "/api/conversations/" + "x" * 65 + "/messages")
+    assert status == 400
+    for before in ("00000000-0000-0000-0000-000000000000", "garbage", elsewhere):
+        status, body = await get(server, path, before=before)
+        assert status == 404 and body["error"]["code"] == "not_found", before
+        check_against_openapi("/api/conversations/{userId}/messages", "get", 404, body)
+    # carol can page her own thread with alice from that message, though.
+    status, body = await get(server, "/api/conversations/alice/messages", user="carol", before=elsewhere)
+    assert status == 200 and body == {"messages": [], "nextBefore": None}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_dev_token_exists_only_in_dev_mode(start_server: ServerFactory) -> None:
+    prod = await start_server()
+    dev = await start_server(dev_mode=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(prod.make_url("/api/dev/token"), json={"userId": "alice"}) as r:
+            assert r.status == 404
+        async with http.post(dev.make_url("/api/dev/token"), json={"userId": "alice", "name": "A"}) as r:
+            assert r.status == 200
+            body = await r.json()
+            check_against_openapi("/api/dev/token", "post", 200, body)
+        async with http.get(
+            dev.make_url("/api/users/online"), headers={"Authorization": f"Bearer {body['token']}"}
+        ) as r:
+            assert r.status == 200
+        for bad in ({"userId": ""}, {"userId": 5}, {}, [1]):
+            async with http.post(dev.make_url("/api/dev/token"), json=bad) as r:
+                assert r.status == 400, bad
+                check_against_openapi("/api/dev/token", "post", 400, await r.json())
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_openapi_document_is_served_and_describes_every_api_route(server: TestServer) -> None:
+    status, served = await get(server, "/api/openapi.json", user=None)
+    assert status == 200 and served == OPENAPI
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in server.app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"
+    }
+    documented = {(m, p) for p, ops in OPENAPI["paths"].items() for m in ops}
+    assert routes <= documented
