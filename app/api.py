@@ -7,6 +7,7 @@ authenticates, binds the database, and turns domain errors into
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -46,7 +47,8 @@ async def api_middleware(request: web.Request, handler: web.Handler) -> web.Stre
             token = bearer_token(request.headers.get("Authorization"))
             request[IDENTITY] = request.app[VERIFIER].verify(token)
         with request.app[DB].bound():
-            return await handler(request)
+            async with asyncio.timeout(request.app[CONFIG].call_timeout_s):
+                return await handler(request)
     except web.HTTPException:
         raise  # aiohttp's own 404/405 for unknown routes
     except Exception as exc:

@@ -42,6 +42,8 @@ class Config:
     rate_limit_burst: int = 60
     # Engine.IO refuses larger packets before they reach a handler.
     max_packet_bytes: int = 64 * 1024
+    # Longest a client call may take before it answers `unavailable` (a stalled database).
+    call_timeout_s: float = 10.0
     log_level: str = "INFO"
     demo_dir: Path | None = field(default=None)
 
@@ -72,6 +74,7 @@ class Config:
             presence_scope=scope,
             rate_limit_per_s=float(_int(env, "CHAT_RATE_LIMIT_PER_S", 20, 1, 100_000)),
             rate_limit_burst=_int(env, "CHAT_RATE_LIMIT_BURST", 60, 1, 1_000_000),
+            call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO").upper(),
             demo_dir=Path(env["CHAT_DEMO_DIR"]) if env.get("CHAT_DEMO_DIR") else None,
         )

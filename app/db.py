@@ -15,7 +15,7 @@ from aiohttp import web
 from tortoise import context as tortoise_context
 from tortoise.context import TortoiseContext
 
-from app.config import Config
+from app.config import Config, ConfigError
 from app.keys import DB
 
 logger = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ APP_LABEL = "models"
 
 def tortoise_config(database_url: str) -> dict[str, Any]:
     # The connection is named after its dialect because Tortoise caches compiled
-    # INSERTs process-wide by (connection name, table): a SQLite and a MySQL app in
-    # one process (the test suite does this) must not share a name.
+    # INSERTs process-wide by (connection name, table): a SQLite app and then a
+    # MySQL app in one process (the test suite does this) must not share a name.
+    # Models also remember their connection name per class, so apps of two
+    # different dialects cannot be open at the same time in one process.
     name = urlsplit(database_url).scheme
     return {
         "connections": {name: _with_defaults(database_url)},
@@ -99,6 +101,15 @@ class Database:
         except BaseException:
             self._orm = None
             raise
+        if self._config.dialect == "sqlite":
+            # Open the file now. Tortoise's SQLite client keeps its lock when the
+            # first open fails, which would hang every later query; a file that
+            # cannot be opened is a configuration error, so fail at startup.
+            try:
+                await self.ping()
+            except Exception as e:
+                await self.close()
+                raise ConfigError(f"CHAT_DATABASE_URL: cannot open the SQLite database: {e}") from e
 
     async def close(self) -> None:
         if self._orm is not None:

@@ -28,6 +28,9 @@ MYSQL_ADMIN_URL = os.environ.get("CHAT_TEST_MYSQL_URL", "mysql://root:@127.0.0.1
 REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("CHAT_REQUIRE_SERVICES") == "1"
 EVENT_TIMEOUT_S = 5.0
+# Nothing listens on port 1. Only for MariaDB-backed tests: apps of two dialects
+# cannot be open at once in one process.
+UNREACHABLE_MYSQL = "mysql://root:@127.0.0.1:1/nowhere"
 
 
 def service_missing(what: str, why: object) -> None:

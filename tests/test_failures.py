@@ -7,8 +7,9 @@ import logging
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from app.config import ConfigError
 from app.keys import DB
-from tests.conftest import ChatClient, Connect, ServerFactory, flush, make_token
+from tests.conftest import UNREACHABLE_MYSQL, ChatClient, Connect, ServerFactory, flush, make_token
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -42,13 +43,13 @@ async def test_storage_failure_answers_unavailable_without_detail(
     assert await alice.ok("SendMessage", "alice", "bob", "back again")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
 async def test_unreachable_database_refuses_handshake_and_fails_readiness(
     start_server: ServerFactory, aiohttp_client
 ) -> None:
     # Start one healthy server first so the shared fixture wipes the real test database.
     await start_server()
-    dead = await start_server(database_url="mysql://root:@127.0.0.1:1/nowhere")
+    dead = await start_server(database_url=UNREACHABLE_MYSQL)
     client: TestClient = await aiohttp_client(dead)
 
     ready = await client.get("/readyz")
@@ -63,3 +64,12 @@ async def test_unreachable_database_refuses_handshake_and_fails_readiness(
             auth={"token": make_token("alice")}, transports=["websocket"], wait_timeout=5,
         )
     assert chat.connect_error["data"]["code"] == "unavailable"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_file_that_cannot_be_opened_stops_startup(
+    start_server: ServerFactory, tmp_path
+) -> None:
+    await start_server()
+    with pytest.raises(ConfigError, match="CHAT_DATABASE_URL"):
+        await start_server(database_url=f"sqlite://{tmp_path}")  # a directory, not a file

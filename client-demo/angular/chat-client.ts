@@ -1,0 +1,313 @@
+// A typed client for the chat protocol: RxJS streams for what the server pushes,
+// promises for the methods, reconnect with a fresh token, and Sync catch-up.
+// Framework-free so it runs in Node tests; chat.service.ts wraps it for Angular.
+
+import { BehaviorSubject, Observable, Subject } from "rxjs";
+import { io, Socket } from "socket.io-client";
+
+import type {
+  Ack,
+  ClientEmits,
+  ClientMethods,
+  ConversationDto,
+  ErrorCode,
+  HandshakeError,
+  MessageDto,
+  MessageId,
+  MessageStatus,
+  MethodName,
+  Registered,
+  ServerEvents,
+  UserId,
+} from "./chat-protocol.js";
+
+export type ClientErrorCode = ErrorCode | "timeout" | "unauthorized";
+
+/** A failed call: `code` is the protocol's error code, or "timeout" when no ack came. */
+export class ChatError extends Error {
+  constructor(
+    readonly code: ClientErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ChatError";
+  }
+}
+
+/** Failures worth sending again with the same clientMessageId. */
+const RETRYABLE: ReadonlySet<ClientErrorCode> = new Set(["timeout", "unavailable", "rate_limited"]);
+
+export interface ChatClientOptions {
+  /** Server base URL, e.g. "http://127.0.0.1:8080". */
+  url: string;
+  /** Asked for a token before every connect and reconnect. */
+  token: () => string | Promise<string>;
+  /** When set, RegisterUser is called after every connect (which also hands over pending messages). */
+  userName?: string;
+  /** Where Sync starts on the first connect; null replays everything. */
+  cursor?: string | null;
+  ackTimeoutMs?: number;
+  sendAttempts?: number;
+  transports?: ("websocket" | "polling")[];
+}
+
+export type ConnectionState = "disconnected" | "connecting" | "connected" | "expired";
+
+export interface StatusChange {
+  messageId: MessageId;
+  status: MessageStatus;
+}
+export interface PresenceChange {
+  userId: UserId;
+  online: boolean;
+}
+export interface TypingChange {
+  userId: UserId;
+  isTyping: boolean;
+}
+
+export class ChatClient {
+  /** Every message this user sees: received live, sent from another device, handed over, or synced. */
+  readonly messages$: Observable<MessageDto>;
+  readonly statuses$: Observable<StatusChange>;
+  readonly presence$: Observable<PresenceChange>;
+  readonly typing$: Observable<TypingChange>;
+  readonly notices$: Observable<string>;
+  /** Handshake refusals and catch-up failures. */
+  readonly errors$: Observable<ChatError>;
+  readonly state$: BehaviorSubject<ConnectionState> = new BehaviorSubject<ConnectionState>("disconnected");
+
+  private readonly messages = new Subject<MessageDto>();
+  private readonly statuses = new Subject<StatusChange>();
+  private readonly presence = new Subject<PresenceChange>();
+  private readonly typing = new Subject<TypingChange>();
+  private readonly notices = new Subject<string>();
+  private readonly errors = new Subject<ChatError>();
+  private readonly socket: Socket<ServerEvents, ClientEmits>;
+  private readonly ackTimeoutMs: number;
+  private readonly sendAttempts: number;
+  private syncing: Promise<void> | null = null;
+  private currentUser: UserId | null = null;
+  private cursorValue: string | null;
+
+  constructor(private readonly options: ChatClientOptions) {
+    this.messages$ = this.messages.asObservable();
+    this.statuses$ = this.statuses.asObservable();
+    this.presence$ = this.presence.asObservable();
+    this.typing$ = this.typing.asObservable();
+    this.notices$ = this.notices.asObservable();
+    this.errors$ = this.errors.asObservable();
+    this.ackTimeoutMs = options.ackTimeoutMs ?? 10_000;
+    this.sendAttempts = options.sendAttempts ?? 4;
+    this.cursorValue = options.cursor ?? null;
+    this.socket = io(`${options.url.replace(/\/$/, "")}/chat`, {
+      autoConnect: false,
+      transports: options.transports ?? ["websocket", "polling"],
+      // A function, so every reconnect asks for a fresh token.
+      auth: (cb) => {
+        Promise.resolve(options.token()).then(
+          (token) => {
+            this.currentUser = userIdOf(token);
+            cb({ token });
+          },
+          () => cb({ token: "" }),
+        );
+      },
+    });
+    this.wire();
+  }
+
+  /** The caller's user id, from the token (known once connected). */
+  get userId(): UserId | null {
+    return this.currentUser;
+  }
+
+  /** The Sync position reached so far; persist it to resume from it next time. */
+  get cursor(): string | null {
+    return this.cursorValue;
+  }
+
+  get connected(): boolean {
+    return this.socket.connected;
+  }
+
+  /** Connect; resolves once connected and caught up, rejects if the handshake is refused. */
+  connect(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onConnect = () => {
+        this.socket.off("connect_error", onError);
+        this.caughtUp().then(resolve, resolve); // a failed catch-up is reported on errors$
+      };
+      const onError = (err: Error & { data?: HandshakeError }) => {
+        if (this.socket.active) return; // a transport error: socket.io keeps retrying
+        this.socket.off("connect", onConnect);
+        this.socket.off("connect_error", onError);
+        reject(handshakeError(err));
+      };
+      this.socket.once("connect", onConnect);
+      this.socket.on("connect_error", onError);
+      this.state$.next("connecting");
+      this.socket.connect();
+    });
+  }
+
+  disconnect(): void {
+    this.socket.disconnect();
+  }
+
+  /** Call any hub method; resolves with `data`, rejects with a ChatError. */
+  async call<M extends MethodName>(method: M, ...args: ClientMethods[M]["args"]): Promise<ClientMethods[M]["result"]> {
+    let ack: Ack<ClientMethods[M]["result"]>;
+    try {
+      // The typed overloads cannot follow a generic method name; the shape is checked above.
+      const emit = this.socket.timeout(this.ackTimeoutMs).emitWithAck as unknown as (
+        ev: string,
+        ...a: unknown[]
+      ) => Promise<Ack<ClientMethods[M]["result"]>>;
+      ack = await emit.call(this.socket.timeout(this.ackTimeoutMs), method, ...args);
+    } catch {
+      throw new ChatError("timeout", `${method}: no answer within ${this.ackTimeoutMs} ms`);
+    }
+    if (!ack.ok) throw new ChatError(ack.error.code, ack.error.message);
+    return ack.data;
+  }
+
+  /**
+   * Send a message. Retries on timeouts and transient errors with the same
+   * clientMessageId, which the server deduplicates: at most one copy is stored.
+   */
+  async sendMessage(receiverId: UserId, text: string, clientMessageId: string = newId()): Promise<MessageId> {
+    const me = this.requireUser();
+    let delayMs = 250;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.call("SendMessage", me, receiverId, text, clientMessageId);
+      } catch (e) {
+        if (!(e instanceof ChatError) || !RETRYABLE.has(e.code) || attempt >= this.sendAttempts) throw e;
+        await sleep(delayMs);
+        delayMs *= 2;
+      }
+    }
+  }
+
+  register(userName: string): Promise<Registered> {
+    return this.call("RegisterUser", userName);
+  }
+  markReceived(messageId: MessageId): Promise<null> {
+    return this.call("MessageReceived", messageId);
+  }
+  markRead(messageId: MessageId): Promise<null> {
+    return this.call("MessageRead", messageId);
+  }
+  markConversationRead(otherUserId: UserId): Promise<number> {
+    return this.call("MarkConversationRead", otherUserId);
+  }
+  history(otherUserId: UserId, skip = 0, take = 50): Promise<MessageDto[]> {
+    return this.call("GetMessageHistory", this.requireUser(), otherUserId, skip, take);
+  }
+  conversations(): Promise<ConversationDto[]> {
+    return this.call("GetConversations");
+  }
+  onlineUsers(): Promise<UserId[]> {
+    return this.call("GetOnlineUsers");
+  }
+  isOnline(userId: UserId): Promise<boolean> {
+    return this.call("GetOnlineStatus", userId);
+  }
+  setTyping(receiverId: UserId, isTyping: boolean): Promise<null> {
+    return this.call("Typing", receiverId, isTyping);
+  }
+
+  /** Pull every change since the cursor onto messages$; one catch-up runs at a time. */
+  sync(): Promise<void> {
+    if (!this.syncing) {
+      this.syncing = this.pullChanges().finally(() => (this.syncing = null));
+    }
+    return this.syncing;
+  }
+
+  private async pullChanges(): Promise<void> {
+    for (;;) {
+      const page = await this.call("Sync", this.cursorValue, 200);
+      page.messages.forEach((m) => this.messages.next(m));
+      this.cursorValue = page.cursor;
+      if (!page.hasMore) return;
+    }
+  }
+
+  private caughtUp(): Promise<void> {
+    return this.syncing ?? Promise.resolve();
+  }
+
+  private requireUser(): UserId {
+    if (!this.currentUser) throw new ChatError("unauthorized", "not connected yet");
+    return this.currentUser;
+  }
+
+  private wire(): void {
+    const s = this.socket;
+    s.on("connect", () => {
+      // Catch up on every (re)connect: RegisterUser hands over what is still
+      // "sent", Sync brings receipts and anything else that changed meanwhile.
+      const registering = this.options.userName
+        ? this.register(this.options.userName).then(() => undefined)
+        : Promise.resolve();
+      this.syncing = registering
+        .then(() => this.pullChanges())
+        .catch((e) => this.errors.next(asChatError(e)))
+        .finally(() => (this.syncing = null));
+      this.state$.next("connected");
+    });
+    s.on("connect_error", (err: Error & { data?: HandshakeError }) => {
+      this.errors.next(handshakeError(err));
+      if (!s.active) this.state$.next("disconnected");
+    });
+    s.on("disconnect", (reason) => {
+      if (this.state$.value === "expired" && reason === "io server disconnect") {
+        // The server ended the session because the token expired: come back with a new one.
+        this.state$.next("connecting");
+        s.connect();
+        return;
+      }
+      this.state$.next("disconnected");
+    });
+    s.on("Notify", (text) => this.notices.next(text));
+    s.on("ReceiveMessage", (_sender, _text, _id, _status, dto) => this.messages.next(dto));
+    s.on("MessageSent", (dto) => this.messages.next(dto));
+    s.on("MessageStatusChanged", (messageId, status) => this.statuses.next({ messageId, status }));
+    s.on("UserStatusChanged", (userId, state) => this.presence.next({ userId, online: state === "Online" }));
+    s.on("UserTyping", (userId, isTyping) => this.typing.next({ userId, isTyping }));
+    s.on("SessionExpired", () => this.state$.next("expired"));
+  }
+}
+
+function handshakeError(err: Error & { data?: HandshakeError }): ChatError {
+  const code = err.data?.code;
+  return new ChatError(code === "unauthorized" ? "unauthorized" : code === "internal" ? "internal" : "unavailable",
+    err.data?.message ?? err.message);
+}
+
+function asChatError(e: unknown): ChatError {
+  return e instanceof ChatError ? e : new ChatError("internal", String(e));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function newId(): string {
+  return globalThis.crypto.randomUUID();
+}
+
+/** The user id a token names: its `id` claim (numbers as decimal strings), else `sub`. */
+export function userIdOf(token: string): UserId | null {
+  try {
+    const payload = token.split(".")[1] ?? "";
+    const json = atob(payload.replace(/-/g, "+").replace(/_/g, "/"));
+    const claims = JSON.parse(json) as { id?: unknown; sub?: unknown };
+    const id = claims.id ?? claims.sub;
+    return typeof id === "number" || typeof id === "string" ? String(id) : null;
+  } catch {
+    return null;
+  }
+}
