@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt client-demo/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required (the demo's socket.io-client and the JS tests): install Node.js 20+"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	cd client-demo && npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 # Dev mode: embedded SQLite under data/, a local JWT secret under data/, the demo at /.
@@ -30,4 +32,4 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache client-demo/node_modules client-demo/build

@@ -24,6 +24,7 @@ from handlers.chat import ChatNamespace
 logger = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "client-demo"
+SOCKETIO_CLIENT = DEMO_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 
 def create_app(config: Config) -> web.Application:
@@ -54,8 +55,11 @@ def create_app(config: Config) -> web.Application:
     setup_api(app)
     demo_dir = config.demo_dir or (DEMO_DIR if config.dev_mode else None)
     if demo_dir is not None and demo_dir.is_dir():
-        app.router.add_get("/", _index(demo_dir))
-        app.router.add_static("/demo/", demo_dir, follow_symlinks=False)
+        app.router.add_get("/", _file(demo_dir / "index.html"))
+        app.router.add_get("/demo/app.js", _file(demo_dir / "app.js"))
+        app.router.add_get("/demo/style.css", _file(demo_dir / "style.css"))
+        # socket.io-client from the npm package the Makefile installs: no CDN, works offline.
+        app.router.add_get("/vendor/socket.io.min.js", _file(SOCKETIO_CLIENT))
     return app
 
 
@@ -72,8 +76,10 @@ def _socketio_origins(config: Config) -> str | list[str] | None:
     return list(config.cors_origins) or None
 
 
-def _index(demo_dir: Path) -> web.Handler:
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(demo_dir / "index.html")
+def _file(path: Path) -> web.Handler:
+    async def serve(request: web.Request) -> web.FileResponse:
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"{path.name} is missing; run `make setup`")
+        return web.FileResponse(path)
 
-    return index
+    return serve
