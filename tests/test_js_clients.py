@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,16 +57,29 @@ def url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
-async def test_angular_service_compiles_with_tsc() -> None:
+@pytest.fixture(scope="module")
+def compiled() -> str:
+    """tsc over client-demo/angular (strict); the node tests import its output."""
     node = require_node()
-    await run(node, "node_modules/typescript/bin/tsc", "-p", "angular/tsconfig.json")
-    assert (CLIENTS / "build" / "angular" / "chat.service.js").is_file()
+    result = subprocess.run(
+        [node, "node_modules/typescript/bin/tsc", "-p", "angular/tsconfig.json"],
+        cwd=CLIENTS, capture_output=True, text=True, timeout=NODE_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"tsc failed:\n{result.stdout}{result.stderr}"
+    return node
+
+
+def test_angular_service_compiles_with_tsc(compiled: str) -> None:
+    for name in ("chat-protocol", "chat-client", "chat.service"):
+        assert (CLIENTS / "build" / "angular" / f"{name}.js").is_file()
+        assert (CLIENTS / "build" / "angular" / f"{name}.d.ts").is_file()
 
 
 @SQLITE_ONLY
-async def test_node_clients_against_a_live_server(start_server: ServerFactory) -> None:
-    node = require_node()
-    await run(node, "node_modules/typescript/bin/tsc", "-p", "angular/tsconfig.json")
+async def test_node_clients_against_a_live_server(
+    start_server: ServerFactory, compiled: str
+) -> None:
+    node = compiled
     server = await start_server()
     tight = await start_server(rate_limit_burst=3, rate_limit_per_s=1.0)
     out = await run(
@@ -77,10 +91,9 @@ async def test_node_clients_against_a_live_server(start_server: ServerFactory) -
 
 @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
 async def test_node_clients_see_unavailable_when_the_database_is_down(
-    start_server: ServerFactory,
+    start_server: ServerFactory, compiled: str
 ) -> None:
-    node = require_node()
-    await run(node, "node_modules/typescript/bin/tsc", "-p", "angular/tsconfig.json")
+    node = compiled
     server = await start_server()
     dead = await start_server(database_url=UNREACHABLE_MYSQL)
     out = await run(
