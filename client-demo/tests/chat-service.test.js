@@ -4,7 +4,7 @@ import { after, test } from "node:test";
 import { firstValueFrom, filter, take, toArray } from "rxjs";
 
 import { ChatClient, ChatError } from "../build/angular/chat-client.js";
-import { DEAD_URL, URL, token, uid, waitFor } from "./helpers.js";
+import { DEAD_URL, TIGHT_URL, URL, token, uid, waitFor } from "./helpers.js";
 
 const clients = [];
 function client(userId, options = {}) {
@@ -84,6 +84,21 @@ test("sendMessage with the same clientMessageId stores one message", async () =>
   const second = await alice.sendMessage(b, "exactly once", "fixed-id");
   assert.equal(first, second);
   assert.equal((await alice.history(b)).length, 1);
+});
+
+test("sendMessage retries a transient failure with the same clientMessageId", { skip: !TIGHT_URL }, async () => {
+  const [a, b] = [uid("alice"), uid("bob")];
+  // This server allows a burst of 3 calls, then 1 a second.
+  const alice = client(a, { url: TIGHT_URL });
+  await alice.connect(); // spends one call on Sync
+  await alice.onlineUsers();
+  await alice.onlineUsers();
+  await assert.rejects(alice.onlineUsers(), (e) => e instanceof ChatError && e.code === "rate_limited");
+
+  const id = await alice.sendMessage(b, "sent despite the limit"); // rate_limited, then retried
+  await new Promise((r) => setTimeout(r, 1100));
+  const history = await alice.history(b);
+  assert.deepEqual(history.map((m) => m.id), [id]);
 });
 
 test("after a reconnect, Sync catches up on what was missed, with a fresh token", async () => {
