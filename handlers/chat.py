@@ -191,12 +191,18 @@ class ChatNamespace(socketio.AsyncNamespace):
     # -- dispatch ---------------------------------------------------------
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event == "connect":
-            sid, environ, auth = (args + (None,))[:3]
-            return await self._on_connect(sid, environ, auth)
-        if event == "disconnect":
-            return await self._on_disconnect(args[0])
         sid, payload = args[0], args[1:]
+        # python-socketio routes a client event named "connect" or "disconnect"
+        # here too. The library's own calls come while the socket is still
+        # connecting or already disconnecting; a fully connected socket sending
+        # one is a client trying to fake its lifecycle.
+        if event in ("connect", "disconnect") and not self.server.manager.is_connected(
+            sid, NAMESPACE
+        ):
+            if event == "connect":
+                environ, auth = (payload + (None,))[:2]
+                return await self._on_connect(sid, environ, auth)
+            return await self._on_disconnect(sid)
         return await self._call(sid, event, payload)
 
     async def _call(self, sid: str, event: str, payload: tuple[Any, ...]) -> dict[str, Any]:

@@ -238,3 +238,21 @@ async def test_user_ids_are_case_sensitive_on_every_backend(connect: Connect) ->
     assert [m["text"] for m in await lower.ok("GetMessageHistory", "alice", "bob")] == ["to bob"]
     assert [m["text"] for m in await upper.ok("GetMessageHistory", "alice", "Bob")] == ["to Bob"]
     assert sorted(c["id"] for c in await alice.ok("GetConversations")) == ["Bob", "bob"]
+
+
+async def test_client_cannot_fake_lifecycle_events(connect: Connect) -> None:
+    from socketio import packet
+
+    watcher = await connect("watcher")
+    alice = await connect("alice")
+    await watcher.wait_for("UserStatusChanged")
+    # Client libraries refuse to emit reserved names; a hostile client builds the packet.
+    for event in ("disconnect", "connect"):
+        await alice.sio._send_packet(
+            alice.sio.packet_class(packet.EVENT, namespace="/chat", data=[event, "x"], id=99)
+        )
+    assert await alice.error("DeleteEverything") == "unknown_event"
+    assert await alice.ok("GetOnlineStatus", "alice") is True
+    assert await alice.ok("SendMessage", "alice", "watcher", "still here")
+    await flush(watcher, via=alice)
+    assert watcher.named("UserStatusChanged") == [("alice", "Online")]
