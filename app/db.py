@@ -24,7 +24,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 APP_LABEL = "models"
 
 
-def tortoise_config(database_url: str) -> dict[str, Any]:
+def tortoise_config(database_url: str, lock_wait_s: int | None = None) -> dict[str, Any]:
     # The connection is named after its dialect because Tortoise caches compiled
     # INSERTs process-wide by (connection name, table): a SQLite app and then a
     # MySQL app in one process (the test suite does this) must not share a name.
@@ -32,14 +32,14 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
     # different dialects cannot be open at the same time in one process.
     name = urlsplit(database_url).scheme
     return {
-        "connections": {name: _with_defaults(database_url)},
+        "connections": {name: _with_defaults(database_url, lock_wait_s)},
         "apps": {APP_LABEL: {"models": ["models", "aerich.models"], "default_connection": name}},
         "use_tz": True,
         "timezone": "UTC",
     }
 
 
-def _with_defaults(url: str) -> str:
+def _with_defaults(url: str, lock_wait_s: int | None = None) -> str:
     """Add the driver options this server relies on unless the URL sets them."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
@@ -54,7 +54,17 @@ def _with_defaults(url: str) -> str:
         # utf8mb4 is what makes emoji round-trip on MySQL.
         query.setdefault("charset", "utf8mb4")
         query.setdefault("maxsize", "20")
+        if lock_wait_s is not None:
+            # Let the database give up on a lock it cannot get, inside the call's
+            # time limit: the statement fails and the transaction rolls back
+            # cleanly, where cancelling it from Python would break the connection.
+            query.setdefault("init_command", f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}")
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def lock_wait_s(config: Config) -> int:
+    """How long a statement may wait for a row lock: half the call's time limit."""
+    return max(1, int(config.call_timeout_s // 2))
 
 
 def migrations_location(config: Config) -> Path:
@@ -96,8 +106,9 @@ class Database:
         orm = TortoiseContext()
         self._orm = orm
         try:
+            config = tortoise_config(self._config.database_url, lock_wait_s(self._config))
             with self.bound():  # init binds models to the current context
-                await orm.init(config=tortoise_config(self._config.database_url))
+                await orm.init(config=config)
         except BaseException:
             self._orm = None
             raise

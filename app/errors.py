@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from asyncmy.errors import InterfaceError as AsyncmyInterfaceError
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 logger = logging.getLogger(__name__)
@@ -62,8 +63,17 @@ class UnknownEvent(ChatError):
     http_status = 404
 
 
-# What a storage outage looks like from Tortoise and the drivers beneath it.
-STORAGE_DOWN = (DBConnectionError, OperationalError, ConnectionError, OSError, asyncio.TimeoutError)
+# What a storage outage looks like from Tortoise and the drivers beneath it. asyncmy's
+# InterfaceError is a connection that can no longer be used (e.g. a query cancelled
+# by the call time limit); Tortoise does not translate it on rollback.
+STORAGE_DOWN = (
+    DBConnectionError,
+    OperationalError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    AsyncmyInterfaceError,
+)
 
 
 def client_error(exc: BaseException, where: str) -> ChatError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -73,3 +74,42 @@ async def test_sqlite_file_that_cannot_be_opened_stops_startup(
     await start_server()
     with pytest.raises(ConfigError, match="CHAT_DATABASE_URL"):
         await start_server(database_url=f"sqlite://{tmp_path}")  # a directory, not a file
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+async def test_stalled_database_answers_unavailable_in_time_and_recovers(
+    start_server: ServerFactory, connect: Connect, mariadb_url: str
+) -> None:
+    import asyncmy
+
+    from tests.conftest import _mysql_connect_kwargs
+
+    # Lock waits give up at half the call limit: 1 s here.
+    server = await start_server(call_timeout_s=3.0)
+    alice = await connect("alice", target=server)
+    bob = await connect("bob", target=server)
+    before = await bob.ok("Sync", None)
+    locker = await asyncmy.connect(**_mysql_connect_kwargs(), db=mariadb_url.rsplit("/", 1)[1])
+    try:
+        async with locker.cursor() as cur:
+            # Another transaction sits on the change counter, as a stuck writer would.
+            await cur.execute("BEGIN")
+            await cur.execute("SELECT value FROM chat_counter WHERE name='change' FOR UPDATE")
+            started = asyncio.get_running_loop().time()
+            reply = await alice.call("SendMessage", "alice", "bob", "stuck", "stall-1")
+            waited = asyncio.get_running_loop().time() - started
+        assert reply["ok"] is False and reply["error"]["code"] == "unavailable", reply
+        assert 0.9 < waited < 3.0
+    finally:
+        async with locker.cursor() as cur:
+            await cur.execute("ROLLBACK")
+        locker.close()
+    assert await bob.ok("Sync", before["cursor"]) == {**before, "messages": []}
+
+    # The retry with the same clientMessageId goes through, once.
+    mid = await alice.ok("SendMessage", "alice", "bob", "stuck", "stall-1")
+    for _ in range(5):
+        assert await alice.ok("GetOnlineStatus", "bob") is True
+        await alice.ok("SendMessage", "alice", "bob", "flowing again")
+    history = await bob.ok("GetMessageHistory", "alice", "bob")
+    assert [m["id"] for m in history].count(mid) == 1 and len(history) == 6
