@@ -7,7 +7,6 @@ authenticates, binds the database, and turns domain errors into
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
-OPENAPI_FILE = Path(__file__).with_name("openapi.json")
+OPENAPI = json.loads(Path(__file__).with_name("openapi.json").read_text())
 DEV_TOKEN_TTL_S = 12 * 3600
 # Paths under /api that need no token.
 PUBLIC_PATHS = frozenset({"/api/openapi.json", "/api/dev/token"})
@@ -46,9 +45,8 @@ async def api_middleware(request: web.Request, handler: web.Handler) -> web.Stre
         if request.path not in PUBLIC_PATHS:
             token = bearer_token(request.headers.get("Authorization"))
             request[IDENTITY] = request.app[VERIFIER].verify(token)
-        with request.app[DB].bound():
-            async with asyncio.timeout(request.app[CONFIG].call_timeout_s):
-                return await handler(request)
+        async with request.app[DB].session(request.app[CONFIG].call_timeout_s):
+            return await handler(request)
     except web.HTTPException:
         raise  # aiohttp's own 404/405 for unknown routes
     except Exception as exc:
@@ -89,7 +87,7 @@ async def online_users(request: web.Request) -> web.Response:
 
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(json.loads(OPENAPI_FILE.read_text()))
+    return web.json_response(OPENAPI)
 
 
 async def dev_token(request: web.Request) -> web.Response:

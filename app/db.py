@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -145,6 +145,13 @@ class Database:
             yield self._orm
         finally:
             tortoise_context._current_context.reset(token)
+
+    @asynccontextmanager
+    async def session(self, timeout_s: float) -> AsyncIterator[TortoiseContext]:
+        """Bound to this database, and limited in time: the scope of one client call."""
+        with self.bound() as orm:
+            async with asyncio.timeout(timeout_s):
+                yield orm
 
     async def ping(self) -> None:
         """Raise if the database does not answer a trivial query."""

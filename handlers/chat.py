@@ -218,9 +218,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             if route is None:
                 raise UnknownEvent(f"no such method: {str(event)[:64]}")
             values = route.bind(payload)
-            with self._db.bound():
-                async with asyncio.timeout(self._config.call_timeout_s):
-                    return ok(await route.handler(caller, *values))
+            async with self._db.session(self._config.call_timeout_s):
+                return ok(await route.handler(caller, *values))
         except Exception as exc:  # the edge: nothing escapes, every failure is an envelope
             error = client_error(exc, event if route else "unknown event")
             self._metrics.errors.labels(error.code).inc()
@@ -236,9 +235,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             identity = self._verifier.verify(token)
-            with self._db.bound():
-                async with asyncio.timeout(self._config.call_timeout_s):
-                    await self._chat.user_connected(identity.user_id, identity.name, identity.avatar)
+            async with self._db.session(self._config.call_timeout_s):
+                await self._chat.user_connected(identity.user_id, identity.name, identity.avatar)
             first = await self._presence.connect(identity.user_id, sid)
         except Exception as exc:
             error = exc if isinstance(exc, Unauthorized) else client_error(exc, "connect")
