@@ -1,27 +1,48 @@
-"""Database wiring: the Tortoise config, migrations, and the ORM cleanup context."""
+"""Database wiring: the Tortoise config, migrations, and storage sessions.
+
+A storage session binds Tortoise's context, bounds the work in time and turns
+every storage failure, whatever driver raised it, into ``Unavailable``: above
+this module nobody needs to know which database is behind the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from aiohttp import web
+from asyncmy.errors import MySQLError
 from tortoise import context as tortoise_context
 from tortoise.context import TortoiseContext
+from tortoise.exceptions import DBConnectionError, OperationalError, TransactionManagementError
 
 from app.config import Config, ConfigError
-from app.keys import DB
+from app.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 APP_LABEL = "models"
+
+# What a storage outage looks like from Tortoise and the drivers beneath it.
+# MySQLError covers asyncmy's InterfaceError (a connection that can no longer be
+# used, e.g. after a cancelled query), which Tortoise does not translate on
+# rollback, and a 2006 "server has gone away" from any statement.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    DBConnectionError,
+    OperationalError,
+    TransactionManagementError,
+    MySQLError,
+    sqlite3.Error,
+    OSError,
+    TimeoutError,
+)
 
 
 def tortoise_config(database_url: str, lock_wait_s: int | None = None) -> dict[str, Any]:
@@ -147,20 +168,17 @@ class Database:
             tortoise_context._current_context.reset(token)
 
     @asynccontextmanager
-    async def session(self, timeout_s: float) -> AsyncIterator[TortoiseContext]:
-        """Bound to this database, and limited in time: the scope of one client call."""
+    async def session(self, timeout_s: float, where: str = "storage") -> AsyncIterator[TortoiseContext]:
+        """Bound to this database, limited in time, failures as ``Unavailable``."""
         with self.bound() as orm:
-            async with asyncio.timeout(timeout_s):
-                yield orm
+            try:
+                async with asyncio.timeout(timeout_s):
+                    yield orm
+            except STORAGE_ERRORS as exc:
+                logger.error("storage failure in %s: %r", where, exc, exc_info=exc)
+                raise Unavailable("storage is unavailable, try again later") from exc
 
     async def ping(self) -> None:
         """Raise if the database does not answer a trivial query."""
         with self.bound() as orm:
             await orm.db().execute_query("SELECT 1")
-
-
-async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = app[DB]
-    await db.open()
-    yield
-    await db.close()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-
-from asyncmy.errors import InterfaceError as AsyncmyInterfaceError
-from tortoise.exceptions import DBConnectionError, OperationalError
 
 logger = logging.getLogger(__name__)
 
@@ -63,25 +59,13 @@ class UnknownEvent(ChatError):
     http_status = 404
 
 
-# What a storage outage looks like from Tortoise and the drivers beneath it. asyncmy's
-# InterfaceError is a connection that can no longer be used (e.g. a query cancelled
-# by the call time limit); Tortoise does not translate it on rollback.
-STORAGE_DOWN = (
-    DBConnectionError,
-    OperationalError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-    AsyncmyInterfaceError,
-)
-
-
 def client_error(exc: BaseException, where: str) -> ChatError:
-    """Turn any exception into the client-safe error to answer with, logging the detail."""
+    """Turn any exception into the client-safe error to answer with, logging a bug's detail.
+
+    Storage failures arrive here already as :class:`Unavailable` (the storage
+    layer translates its own); anything that is not a ChatError is a server bug.
+    """
     if isinstance(exc, ChatError):
         return exc
-    if isinstance(exc, STORAGE_DOWN):
-        logger.error("storage failure in %s: %r", where, exc, exc_info=exc)
-        return Unavailable("storage is unavailable, try again later")
     logger.error("unexpected error in %s", where, exc_info=exc)
     return Internal("internal server error")

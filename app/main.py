@@ -9,17 +9,17 @@ from pathlib import Path
 import socketio
 from aiohttp import web
 
-from app import http
-from app.api import setup_api
+from app.appkeys import CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, SIO, STORE, VERIFIER
 from app.auth import TokenVerifier
-from app.chat import ChatService
 from app.config import Config
-from app.db import Database, orm_ctx
-from app.keys import CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, SIO, VERIFIER
+from app.db import Database
 from app.metrics import Metrics
-from app.presence import LocalPresence
+from app.presence import presence_from_config
+from app.service import ChatService
 from app.store import MessageStore
+from handlers import health
 from handlers.chat import ChatNamespace
+from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,14 @@ SOCKETIO_CLIENT = DEMO_DIR / "node_modules" / "socket.io-client" / "dist" / "soc
 
 
 def create_app(config: Config) -> web.Application:
+    """Wire the domain to its edges. Resources open and close in the cleanup contexts."""
     app = web.Application()
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
     app[DB] = db = Database(config)
-    app[PRESENCE] = presence = LocalPresence()
-    app[CHAT] = chat = ChatService(MessageStore(), presence)
+    app[STORE] = store = MessageStore(db, config.call_timeout_s)
+    app[PRESENCE] = presence = presence_from_config(config, store)
+    app[CHAT] = chat = ChatService(store, presence, metrics)
     app[VERIFIER] = verifier = TokenVerifier(config)
 
     sio = socketio.AsyncServer(
@@ -43,15 +45,16 @@ def create_app(config: Config) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
-    namespace = ChatNamespace(config, db, chat, presence, verifier, metrics)
+    namespace = ChatNamespace(config, chat, presence, verifier, metrics)
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
     app[SIO] = sio
     app[NAMESPACE] = namespace
 
     app.cleanup_ctx.append(orm_ctx)
+    app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
-    app.add_routes(http.routes)
+    app.add_routes(health.routes)
     setup_api(app)
     demo_dir = config.demo_dir or (DEMO_DIR if config.dev_mode else None)
     if demo_dir is not None and demo_dir.is_dir():
@@ -61,6 +64,18 @@ def create_app(config: Config) -> web.Application:
         # socket.io-client from the npm package the Makefile installs: no CDN, works offline.
         app.router.add_get("/vendor/socket.io.min.js", _file(SOCKETIO_CLIENT))
     return app
+
+
+async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
+    db = app[DB]
+    await db.open()
+    yield
+    await db.close()
+
+
+async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[PRESENCE].close()
 
 
 async def sio_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,19 +1,35 @@
-"""Who is online: a user is online while at least one of their connections is open."""
+"""Who is online, and who hears when that changes.
+
+A user is online while at least one of their connections is open. The
+presence service is the one owner of that fact: the edge reports connections
+opening and closing (by an opaque connection id), and gets back the notices
+to send; everybody else asks it questions. ``presence_from_config`` builds the
+one the deployment needs: today the in-process ``LocalPresence``; a Redis
+implementation of the same ``Presence`` interface spans instances.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Protocol
 
+from app.config import Config
+from app.domain import Notice, PresenceChanged
+from app.store import MessageStore
+
 
 class Presence(Protocol):
-    """Tracks open connections per user. Implementations may span server instances."""
+    """Connections per user, the first/last transitions, and who hears of them."""
 
-    async def connect(self, user_id: str, connection_id: str) -> bool:
-        """Record a connection; True when it is the user's first (they came online)."""
+    async def connect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
+        """Record a connection; on the user's first, the notices announcing them online.
 
-    async def disconnect(self, user_id: str, connection_id: str) -> bool:
-        """Forget a connection; True when it was the user's last (they went offline)."""
+        The announcement never goes to the new connection itself: it is sent
+        after the connection is established, which the edge decides.
+        """
+
+    async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
+        """Forget a connection; on the user's last, the notices announcing them offline."""
 
     async def is_online(self, user_id: str) -> bool: ...
 
@@ -24,19 +40,54 @@ class Presence(Protocol):
     async def close(self) -> None: ...
 
 
+class Audience:
+    """Who hears that a user came or went: everyone, or the people they talk to."""
+
+    def __init__(self, scope: str, store: MessageStore) -> None:
+        self._scope = scope
+        self._store = store
+
+    async def notices(self, user_id: str, online: bool) -> tuple[Notice, ...]:
+        event = PresenceChanged(user_id, online)
+        # A connection that just arrived is not told of its own arrival. One that
+        # is leaving still gets the notice: a long-polling client waits on its
+        # last poll until something is written to it.
+        except_caller = online
+        if self._scope == "all":
+            return (Notice.to_everyone(event, except_caller=except_caller),)
+        contacts = await self._store.peers(user_id)
+        if not contacts:
+            return ()
+        return (Notice.to_users(event, *contacts, except_caller=except_caller),)
+
+
 class LocalPresence:
     """Presence for a single server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, audience: Audience) -> None:
+        self._audience = audience
         self._connections: dict[str, set[str]] = {}
 
-    async def connect(self, user_id: str, connection_id: str) -> bool:
+    async def connect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
         conns = self._connections.setdefault(user_id, set())
         first = not conns
         conns.add(connection_id)
-        return first
+        if not first:
+            return ()
+        try:
+            return await self._audience.notices(user_id, online=True)
+        except BaseException:
+            # The edge refuses a connection whose connect failed: forget it.
+            self._forget(user_id, connection_id)
+            raise
 
-    async def disconnect(self, user_id: str, connection_id: str) -> bool:
+    async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
+        if not self._forget(user_id, connection_id):
+            return ()
+        return await self._audience.notices(user_id, online=False)
+
+    def _forget(self, user_id: str, connection_id: str) -> bool:
+        """Drop one connection; True when it was the user's last."""
         conns = self._connections.get(user_id)
         if not conns or connection_id not in conns:
             return False
@@ -57,3 +108,8 @@ class LocalPresence:
 
     async def close(self) -> None:
         self._connections.clear()
+
+
+def presence_from_config(config: Config, store: MessageStore) -> Presence:
+    """The presence service this deployment needs."""
+    return LocalPresence(Audience(config.presence_scope, store))

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import SECRET, ChatClient, Connect, ServerFactory, make_token
+from tests.support import SECRET, ChatClient, Connect, ServerFactory, make_token
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -100,18 +100,18 @@ async def test_bearer_header_is_accepted_for_native_clients(server: TestServer) 
         await client.sio.disconnect()
 
 
-async def test_connect_is_greeted_with_notify(connect: Connect) -> None:
-    alice = await connect("alice")
+async def test_connect_is_greeted_with_notify(server: TestServer, connect: Connect) -> None:
+    alice = await connect(server, "alice")
     assert alice.named("Notify") == [("Welcome to the chat!",)]
 
 
-async def test_numeric_id_claim_becomes_a_decimal_string(connect: Connect) -> None:
-    client = await connect("42", token=make_token(42))
+async def test_numeric_id_claim_becomes_a_decimal_string(server: TestServer, connect: Connect) -> None:
+    client = await connect(server, "42", token=make_token(42))
     assert (await client.ok("RegisterUser", "Forty-two"))["userId"] == "42"
 
 
-async def test_sub_claim_is_used_when_there_is_no_id(connect: Connect) -> None:
-    client = await connect("sub-user", token=make_token(None, sub="sub-user"))
+async def test_sub_claim_is_used_when_there_is_no_id(server: TestServer, connect: Connect) -> None:
+    client = await connect(server, "sub-user", token=make_token(None, sub="sub-user"))
     assert (await client.ok("RegisterUser", "Sub"))["userId"] == "sub-user"
 
 

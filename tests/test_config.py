@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from app.config import Config, ConfigError
-from tests.conftest import SECRET
+from tests.support import SECRET
 
 
 def test_defaults_and_values_from_environment() -> None:

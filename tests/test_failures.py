@@ -9,15 +9,23 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.config import ConfigError
-from app.keys import DB
-from tests.conftest import UNREACHABLE_MYSQL, ChatClient, Connect, ServerFactory, flush, make_token
+from app.appkeys import DB
+from tests.support import (
+    UNREACHABLE_MYSQL,
+    ChatClient,
+    Connect,
+    ServerFactory,
+    flush,
+    make_token,
+    mysql_connect_kwargs,
+)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_storage_failure_answers_unavailable_without_detail(
     server: TestServer, connect: Connect, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
     # Take the message table away underneath the running server.
     with server.app[DB].bound() as orm:
         await orm.db().execute_script('ALTER TABLE "chat_message" RENAME TO "chat_message_gone"')
@@ -48,8 +56,6 @@ async def test_storage_failure_answers_unavailable_without_detail(
 async def test_unreachable_database_refuses_handshake_and_fails_readiness(
     start_server: ServerFactory, aiohttp_client
 ) -> None:
-    # Start one healthy server first so the shared fixture wipes the real test database.
-    await start_server()
     dead = await start_server(database_url=UNREACHABLE_MYSQL)
     client: TestClient = await aiohttp_client(dead)
 
@@ -71,7 +77,6 @@ async def test_unreachable_database_refuses_handshake_and_fails_readiness(
 async def test_sqlite_file_that_cannot_be_opened_stops_startup(
     start_server: ServerFactory, tmp_path
 ) -> None:
-    await start_server()
     with pytest.raises(ConfigError, match="CHAT_DATABASE_URL"):
         await start_server(database_url=f"sqlite://{tmp_path}")  # a directory, not a file
 
@@ -82,14 +87,12 @@ async def test_stalled_database_answers_unavailable_in_time_and_recovers(
 ) -> None:
     import asyncmy
 
-    from tests.conftest import _mysql_connect_kwargs
-
     # Lock waits give up at half the call limit: 1 s here.
     server = await start_server(call_timeout_s=3.0)
-    alice = await connect("alice", target=server)
-    bob = await connect("bob", target=server)
+    alice = await connect(server, "alice")
+    bob = await connect(server, "bob")
     before = await bob.ok("Sync", None)
-    locker = await asyncmy.connect(**_mysql_connect_kwargs(), db=mariadb_url.rsplit("/", 1)[1])
+    locker = await asyncmy.connect(**mysql_connect_kwargs(), db=mariadb_url.rsplit("/", 1)[1])
     try:
         async with locker.cursor() as cur:
             # Another transaction sits on the change counter, as a stuck writer would.

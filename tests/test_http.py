@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Connect
+from tests.support import Connect
 
 
 async def test_health_and_readiness(server: TestServer) -> None:
@@ -20,7 +20,7 @@ async def test_health_and_readiness(server: TestServer) -> None:
 async def test_metrics_count_connections_messages_and_errors(
     server: TestServer, connect: Connect
 ) -> None:
-    alice = await connect("alice")
+    alice = await connect(server, "alice")
     await alice.ok("SendMessage", "alice", "bob", "counted")
     await alice.ok("SendMessage", "alice", "bob", "counted", )
     await alice.error("SendMessage", "mallory", "bob", "no")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import UNREACHABLE_MYSQL, SECRET, ServerFactory, service_missing
+from tests.support import UNREACHABLE_MYSQL, SECRET, ServerFactory, service_missing
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -6,16 +6,19 @@ import asyncio
 import re
 import uuid
 
-from tests.conftest import Connect, flush
+from aiohttp.test_utils import TestServer
+
+from tests.support import Connect, flush
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 async def test_send_message_is_acked_with_id_and_delivered_to_every_receiver_socket(
+    server: TestServer,
     connect: Connect,
 ) -> None:
-    alice, alice_tab2 = await connect("alice"), await connect("alice")
-    bob, bob_tab2, carol = await connect("bob"), await connect("bob"), await connect("carol")
+    alice, alice_tab2 = await connect(server, "alice"), await connect(server, "alice")
+    bob, bob_tab2, carol = await connect(server, "bob"), await connect(server, "bob"), await connect(server, "carol")
 
     message_id = await alice.ok("SendMessage", "alice", "bob", "hello bob", "c-1")
 
@@ -45,8 +48,8 @@ async def test_send_message_is_acked_with_id_and_delivered_to_every_receiver_soc
     assert bob.named("MessageSent") == []
 
 
-async def test_spoofed_sender_is_forbidden_and_changes_nothing(connect: Connect, db_state) -> None:
-    mallory, bob = await connect("mallory"), await connect("bob")
+async def test_spoofed_sender_is_forbidden_and_changes_nothing(server: TestServer, connect: Connect, db_state) -> None:
+    mallory, bob = await connect(server, "mallory"), await connect(server, "bob")
     before = await db_state()
 
     assert await mallory.error("SendMessage", "alice", "bob", "it's me, alice") == "forbidden"
@@ -56,8 +59,8 @@ async def test_spoofed_sender_is_forbidden_and_changes_nothing(connect: Connect,
     assert bob.named("ReceiveMessage") == []
 
 
-async def test_bad_send_arguments_are_invalid_and_change_nothing(connect: Connect, db_state) -> None:
-    alice = await connect("alice")
+async def test_bad_send_arguments_are_invalid_and_change_nothing(server: TestServer, connect: Connect, db_state) -> None:
+    alice = await connect(server, "alice")
     before = await db_state()
     bad_calls = [
         ("alice", "bob", ""),
@@ -80,8 +83,8 @@ async def test_bad_send_arguments_are_invalid_and_change_nothing(connect: Connec
     assert await db_state() == before
 
 
-async def test_message_limits_accept_4000_characters_and_emoji(connect: Connect) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+async def test_message_limits_accept_4000_characters_and_emoji(server: TestServer, connect: Connect) -> None:
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
     long_text = "é" * 4000
     emoji = "family 👨‍👩‍👧‍👦, flags 🇺🇦🇯🇵, astral 𝄞 and plain 😀"
 
@@ -95,9 +98,10 @@ async def test_message_limits_accept_4000_characters_and_emoji(connect: Connect)
 
 
 async def test_repeated_client_message_id_returns_first_id_and_delivers_once(
+    server: TestServer,
     connect: Connect,
 ) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
 
     first = await alice.ok("SendMessage", "alice", "bob", "once", "retry-1")
     again = await alice.ok("SendMessage", "alice", "bob", "once", "retry-1")
@@ -110,9 +114,10 @@ async def test_repeated_client_message_id_returns_first_id_and_delivers_once(
 
 
 async def test_concurrent_sends_with_one_client_message_id_store_one_message(
+    server: TestServer,
     connect: Connect,
 ) -> None:
-    alice, alice_tab2, bob = await connect("alice"), await connect("alice"), await connect("bob")
+    alice, alice_tab2, bob = await connect(server, "alice"), await connect(server, "alice"), await connect(server, "bob")
 
     replies = await asyncio.gather(
         *(
@@ -128,16 +133,17 @@ async def test_concurrent_sends_with_one_client_message_id_store_one_message(
 
 
 async def test_same_client_message_id_from_different_senders_are_different_messages(
+    server: TestServer,
     connect: Connect,
 ) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
     a = await alice.ok("SendMessage", "alice", "bob", "from alice", "same")
     b = await bob.ok("SendMessage", "bob", "alice", "from bob", "same")
     assert a != b
 
 
-async def test_history_is_newest_first_paged_and_for_participants_only(connect: Connect) -> None:
-    alice, bob, eve = await connect("alice"), await connect("bob"), await connect("eve")
+async def test_history_is_newest_first_paged_and_for_participants_only(server: TestServer, connect: Connect) -> None:
+    alice, bob, eve = await connect(server, "alice"), await connect(server, "bob"), await connect(server, "eve")
     ids = []
     for i in range(5):
         sender, receiver = ("alice", "bob") if i % 2 == 0 else ("bob", "alice")
@@ -157,9 +163,9 @@ async def test_history_is_newest_first_paged_and_for_participants_only(connect: 
         assert await alice.error("GetMessageHistory", *args) == "invalid_argument", args
 
 
-async def test_receipts_move_status_forward_and_notify_the_right_sockets(connect: Connect) -> None:
-    alice, alice_tab2 = await connect("alice"), await connect("alice")
-    bob, bob_tab2, carol = await connect("bob"), await connect("bob"), await connect("carol")
+async def test_receipts_move_status_forward_and_notify_the_right_sockets(server: TestServer, connect: Connect) -> None:
+    alice, alice_tab2 = await connect(server, "alice"), await connect(server, "alice")
+    bob, bob_tab2, carol = await connect(server, "bob"), await connect(server, "bob"), await connect(server, "carol")
     mid = await alice.ok("SendMessage", "alice", "bob", "hi")
 
     assert await bob.ok("MessageReceived", mid) is None
@@ -180,8 +186,8 @@ async def test_receipts_move_status_forward_and_notify_the_right_sockets(connect
     assert history[0]["status"] == "read"
 
 
-async def test_receipt_for_a_status_already_reached_is_a_silent_no_op(connect: Connect) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+async def test_receipt_for_a_status_already_reached_is_a_silent_no_op(server: TestServer, connect: Connect) -> None:
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
     mid = await alice.ok("SendMessage", "alice", "bob", "hi")
     await bob.ok("MessageRead", mid)
     await alice.wait_for("MessageStatusChanged")
@@ -194,8 +200,8 @@ async def test_receipt_for_a_status_already_reached_is_a_silent_no_op(connect: C
     assert (await alice.ok("GetMessageHistory", "alice", "bob"))[0]["status"] == "read"
 
 
-async def test_receipts_are_for_the_receiver_of_a_known_message(connect: Connect, db_state) -> None:
-    alice, bob, eve = await connect("alice"), await connect("bob"), await connect("eve")
+async def test_receipts_are_for_the_receiver_of_a_known_message(server: TestServer, connect: Connect, db_state) -> None:
+    alice, bob, eve = await connect(server, "alice"), await connect(server, "bob"), await connect(server, "eve")
     mid = await alice.ok("SendMessage", "alice", "bob", "hi")
     before = await db_state()
 
@@ -208,9 +214,9 @@ async def test_receipts_are_for_the_receiver_of_a_known_message(connect: Connect
     assert await db_state() == before
 
 
-async def test_typing_reaches_every_socket_of_the_receiver_only(connect: Connect) -> None:
+async def test_typing_reaches_every_socket_of_the_receiver_only(server: TestServer, connect: Connect) -> None:
     alice, bob, bob_tab2, carol = (
-        await connect("alice"), await connect("bob"), await connect("bob"), await connect("carol")
+        await connect(server, "alice"), await connect(server, "bob"), await connect(server, "bob"), await connect(server, "carol")
     )
     assert await alice.ok("Typing", "bob", True) is None
     assert await alice.ok("Typing", "bob", False) is None
@@ -222,16 +228,16 @@ async def test_typing_reaches_every_socket_of_the_receiver_only(connect: Connect
         assert await alice.error("Typing", *args) == "invalid_argument", args
 
 
-async def test_unknown_event_answers_unknown_event(connect: Connect) -> None:
-    alice = await connect("alice")
+async def test_unknown_event_answers_unknown_event(server: TestServer, connect: Connect) -> None:
+    alice = await connect(server, "alice")
     assert await alice.error("DeleteEverything", "now") == "unknown_event"
     assert await alice.error("sendMessage", "alice", "bob", "hi") == "unknown_event"
 
 
-async def test_user_ids_are_case_sensitive_on_every_backend(connect: Connect) -> None:
-    alice = await connect("alice")
-    lower = await connect("bob")
-    upper = await connect("Bob")
+async def test_user_ids_are_case_sensitive_on_every_backend(server: TestServer, connect: Connect) -> None:
+    alice = await connect(server, "alice")
+    lower = await connect(server, "bob")
+    upper = await connect(server, "Bob")
     await alice.ok("SendMessage", "alice", "bob", "to bob")
     await alice.ok("SendMessage", "alice", "Bob", "to Bob")
 
@@ -240,11 +246,11 @@ async def test_user_ids_are_case_sensitive_on_every_backend(connect: Connect) ->
     assert sorted(c["id"] for c in await alice.ok("GetConversations")) == ["Bob", "bob"]
 
 
-async def test_client_cannot_fake_lifecycle_events(connect: Connect) -> None:
+async def test_client_cannot_fake_lifecycle_events(server: TestServer, connect: Connect) -> None:
     from socketio import packet
 
-    watcher = await connect("watcher")
-    alice = await connect("alice")
+    watcher = await connect(server, "watcher")
+    alice = await connect(server, "alice")
     await watcher.wait_for("UserStatusChanged")
     # Client libraries refuse to emit reserved names; a hostile client builds the packet.
     for event in ("disconnect", "connect"):

@@ -12,7 +12,7 @@ import pytest
 from app.config import Config
 from app.db import APP_LABEL, Database, migrate, migrations_location, tortoise_config
 from models import Message
-from tests.conftest import SECRET, _mysql_admin, mysql_url
+from tests.support import SECRET, mysql_admin, mysql_connect_kwargs, mysql_url
 
 
 async def _pending_changes(config: Config, tmp_path: Path) -> str:
@@ -54,21 +54,19 @@ async def test_mariadb_schema_builds_from_empty_and_matches_models(
     tmp_path: Path, mariadb_url: str
 ) -> None:
     name = f"chat_migrate_{tmp_path.name[-8:].replace('-', '_')}"
-    await _mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
-    await _mysql_admin(f"CREATE DATABASE `{name}`")
+    await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+    await mysql_admin(f"CREATE DATABASE `{name}`")
     try:
         await _check_from_empty(Config(database_url=mysql_url(name), jwt_secret=SECRET), tmp_path)
     finally:
-        await _mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+        await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 async def test_mariadb_tables_compare_ids_byte_for_byte(mariadb_url: str) -> None:
     import asyncmy
 
-    from tests.conftest import _mysql_connect_kwargs
-
     database = mariadb_url.rsplit("/", 1)[1]
-    conn = await asyncmy.connect(**_mysql_connect_kwargs(), db=database)
+    conn = await asyncmy.connect(**mysql_connect_kwargs(), db=database)
     try:
         async with conn.cursor() as cur:
             await cur.execute(

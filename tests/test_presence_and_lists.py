@@ -7,15 +7,15 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ChatClient, Connect, ServerFactory, flush, make_token
+from tests.support import ChatClient, Connect, ServerFactory, flush, make_token
 
 
-async def test_presence_fires_on_first_connect_and_last_disconnect_only(connect: Connect) -> None:
-    watcher = await connect("watcher")
+async def test_presence_fires_on_first_connect_and_last_disconnect_only(server: TestServer, connect: Connect) -> None:
+    watcher = await connect(server, "watcher")
 
-    tab1 = await connect("alice")
+    tab1 = await connect(server, "alice")
     assert await watcher.wait_for("UserStatusChanged") == [("alice", "Online")]
-    tab2 = await connect("alice")
+    tab2 = await connect(server, "alice")
     await tab2.sio.disconnect()  # second tab opens and closes: no flicker
     await flush(watcher, via=tab1)
     assert watcher.named("UserStatusChanged") == [("alice", "Online")]
@@ -29,9 +29,9 @@ async def test_presence_fires_on_first_connect_and_last_disconnect_only(connect:
     assert await watcher.ok("GetOnlineStatus", "alice") is False
 
 
-async def test_online_users_and_status(connect: Connect) -> None:
-    alice = await connect("alice")
-    await connect("bob")
+async def test_online_users_and_status(server: TestServer, connect: Connect) -> None:
+    alice = await connect(server, "alice")
+    await connect(server, "bob")
     assert sorted(await alice.ok("GetOnlineUsers")) == ["alice", "bob"]
     assert await alice.ok("GetOnlineStatus", "bob") is True
     assert await alice.ok("GetOnlineStatus", "nobody") is False
@@ -43,9 +43,9 @@ async def test_contacts_scope_tells_only_users_who_share_a_conversation(
     start_server: ServerFactory, connect: Connect
 ) -> None:
     server = await start_server(presence_scope="contacts")
-    bob = await connect("bob", target=server)
-    stranger = await connect("stranger", target=server)
-    alice = await connect("alice", target=server)
+    bob = await connect(server, "bob")
+    stranger = await connect(server, "stranger")
+    alice = await connect(server, "alice")
     await alice.ok("SendMessage", "alice", "bob", "hi")
     await alice.sio.disconnect()
 
@@ -54,14 +54,14 @@ async def test_contacts_scope_tells_only_users_who_share_a_conversation(
     assert stranger.named("UserStatusChanged") == []
 
 
-async def test_register_user_hands_over_pending_messages_oldest_first(connect: Connect) -> None:
-    alice = await connect("alice")
+async def test_register_user_hands_over_pending_messages_oldest_first(server: TestServer, connect: Connect) -> None:
+    alice = await connect(server, "alice")
     ids = [await alice.ok("SendMessage", "alice", "bob", f"while you were away {i}") for i in range(3)]
-    bob_early = await connect("bob")
+    bob_early = await connect(server, "bob")
     await bob_early.ok("MessageReceived", ids[1])  # delivered already: not pending any more
     await bob_early.sio.disconnect()
 
-    bob = await connect("bob")
+    bob = await connect(server, "bob")
     assert await bob.ok("RegisterUser", "Bob") == {"userId": "bob", "pending": 2}
 
     received = await bob.wait_for("ReceiveMessage", 2)
@@ -71,10 +71,10 @@ async def test_register_user_hands_over_pending_messages_oldest_first(connect: C
     assert await bob.error("RegisterUser", "x" * 101) == "invalid_argument"
 
 
-async def test_conversation_list_shows_preview_unread_names_and_activity(connect: Connect) -> None:
-    bob = await connect("bob")
-    alice = await connect("alice", name="Alice From Token", avatar="https://example.test/a.png")
-    carol = await connect("carol")
+async def test_conversation_list_shows_preview_unread_names_and_activity(server: TestServer, connect: Connect) -> None:
+    bob = await connect(server, "bob")
+    alice = await connect(server, "alice", name="Alice From Token", avatar="https://example.test/a.png")
+    carol = await connect(server, "carol")
     await carol.ok("RegisterUser", "Carol C.")
     await alice.ok("SendMessage", "alice", "bob", "one")
     await alice.ok("SendMessage", "alice", "bob", "two")
@@ -103,8 +103,8 @@ async def test_conversation_list_shows_preview_unread_names_and_activity(connect
     assert (alice_view["id"], alice_view["unreadCount"]) == ("bob", 1)
 
 
-async def test_mark_conversation_read_marks_all_and_tells_the_sender(connect: Connect) -> None:
-    alice, bob, bob_tab2 = await connect("alice"), await connect("bob"), await connect("bob")
+async def test_mark_conversation_read_marks_all_and_tells_the_sender(server: TestServer, connect: Connect) -> None:
+    alice, bob, bob_tab2 = await connect(server, "alice"), await connect(server, "bob"), await connect(server, "bob")
     ids = [await alice.ok("SendMessage", "alice", "bob", f"m{i}") for i in range(3)]
     await bob.ok("MessageRead", ids[0])
     mine = await bob.ok("SendMessage", "bob", "alice", "mine stays unread for alice")
@@ -123,10 +123,11 @@ async def test_mark_conversation_read_marks_all_and_tells_the_sender(connect: Co
 
 
 async def test_sync_pages_in_change_order_and_misses_nothing_across_a_disconnect(
+    server: TestServer,
     connect: Connect,
 ) -> None:
-    alice = await connect("alice")
-    bob = await connect("bob")
+    alice = await connect(server, "alice")
+    bob = await connect(server, "bob")
     first = [await alice.ok("SendMessage", "alice", "bob", f"a{i}") for i in range(5)]
     await bob.ok("SendMessage", "bob", "carol", "not for alice")
 
@@ -145,10 +146,10 @@ async def test_sync_pages_in_change_order_and_misses_nothing_across_a_disconnect
 
     # While bob is away: a new message, and an old one changes status.
     late = await alice.ok("SendMessage", "alice", "bob", "while you were offline")
-    bob_phone = await connect("bob")
+    bob_phone = await connect(server, "bob")
     await bob_phone.ok("MessageRead", first[0])
 
-    bob_back = await connect("bob")
+    bob_back = await connect(server, "bob")
     page = await bob_back.ok("Sync", cursor, 500)
     assert [(m["id"], m["status"]) for m in page["messages"]] == [
         (late, "sent"),
@@ -162,8 +163,8 @@ async def test_sync_pages_in_change_order_and_misses_nothing_across_a_disconnect
         assert await bob_back.error("Sync", *args) == "invalid_argument", args
 
 
-async def test_sync_sees_every_message_sent_concurrently(connect: Connect) -> None:
-    alice, carol, bob = await connect("alice"), await connect("carol"), await connect("bob")
+async def test_sync_sees_every_message_sent_concurrently(server: TestServer, connect: Connect) -> None:
+    alice, carol, bob = await connect(server, "alice"), await connect(server, "carol"), await connect(server, "bob")
     cursor = (await bob.ok("Sync", None))["cursor"]
 
     async def send_many(client: ChatClient, user: str) -> list[str]:
@@ -193,17 +194,17 @@ async def test_sync_sees_every_message_sent_concurrently(connect: Connect) -> No
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_rate_limit_answers_rate_limited(start_server: ServerFactory, connect: Connect) -> None:
-    server: TestServer = await start_server(rate_limit_burst=5, rate_limit_per_s=1.0)
-    alice = await connect("alice", target=server)
+    server = await start_server(rate_limit_burst=5, rate_limit_per_s=1.0)
+    alice = await connect(server, "alice")
     replies = [await alice.call("GetOnlineUsers") for _ in range(8)]
     codes = [r["error"]["code"] for r in replies if not r["ok"]]
     assert sum(r["ok"] for r in replies) == 5
     assert codes == ["rate_limited"] * 3
 
 
-async def test_token_name_and_avatar_claims_identify_the_user(connect: Connect) -> None:
-    bob = await connect("bob")
-    alice = await connect("alice", token=make_token("alice", name="Al"))
+async def test_token_name_and_avatar_claims_identify_the_user(server: TestServer, connect: Connect) -> None:
+    bob = await connect(server, "bob")
+    alice = await connect(server, "alice", token=make_token("alice", name="Al"))
     await alice.ok("SendMessage", "alice", "bob", "hi")
     assert (await bob.ok("GetConversations"))[0]["name"] == "Al"
     await alice.ok("RegisterUser", "Alice Registered")

@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestServer
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from tests.conftest import Connect, ServerFactory, make_token
+from tests.support import Connect, ServerFactory, make_token
 
-OPENAPI = json.loads((Path(__file__).parent.parent / "app" / "openapi.json").read_text())
+OPENAPI = json.loads((Path(__file__).parent.parent / "handlers" / "openapi.json").read_text())
 # OpenAPI 3.1 schemas are JSON Schema 2020-12; refs point into the document.
 REGISTRY = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(OPENAPI))
 
@@ -41,7 +41,7 @@ async def get(server: TestServer, path: str, user: str | None = "alice", token: 
 async def test_history_pages_by_cursor_with_nothing_skipped_or_repeated(
     server: TestServer, connect: Connect
 ) -> None:
-    alice, bob = await connect("alice"), await connect("bob")
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
     sent = []
     for i in range(7):
         sender, receiver, client = (("alice", "bob", alice) if i % 3 else ("bob", "alice", bob))
@@ -68,7 +68,7 @@ async def test_history_pages_by_cursor_with_nothing_skipped_or_repeated(
 async def test_conversations_and_online_users_match_the_document(
     server: TestServer, connect: Connect
 ) -> None:
-    alice = await connect("alice")
+    alice = await connect(server, "alice")
     await alice.ok("SendMessage", "alice", "bob", "hi")
 
     status, body = await get(server, "/api/conversations")
@@ -102,7 +102,7 @@ async def test_missing_or_bad_token_is_401(server: TestServer, headers: dict[str
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_bad_limit_is_400_and_unknown_cursor_is_404(server: TestServer, connect: Connect) -> None:
-    alice, carol = await connect("alice"), await connect("carol")
+    alice, carol = await connect(server, "alice"), await connect(server, "carol")
     await alice.ok("SendMessage", "alice", "bob", "hi")
     elsewhere = await alice.ok("SendMessage", "alice", "carol", "not in alice-bob")
     path = "/api/conversations/bob/messages"

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from app.keys import DB, METRICS
+from app.appkeys import METRICS, STORE
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(request.app[DB].ping(), READY_TIMEOUT_S)
+        await asyncio.wait_for(request.app[STORE].ping(), READY_TIMEOUT_S)
         checks["database"] = "ok"
     except Exception as exc:
         logger.warning("readiness: database unreachable: %r", exc)

@@ -1,7 +1,7 @@
 """REST API under /api: conversations, cursor-paged history, online users.
 
-Views parse, call one ChatService method, and answer JSON. The middleware
-authenticates, binds the database, and turns domain errors into
+Views parse, call one ChatService method, and answer JSON in the protocol's
+shapes. The middleware authenticates and turns domain errors into
 ``{"error": {"code", "message"}}`` with the matching HTTP status.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from app.appkeys import CHAT, CONFIG, VERIFIER
 from app.auth import Identity, bearer_token
 from app.errors import ChatError, InvalidArgument, client_error
-from app.keys import CHAT, CONFIG, DB, VERIFIER
+from handlers.wire import conversation_dto, message_dto
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ async def api_middleware(request: web.Request, handler: web.Handler) -> web.Stre
         if request.path not in PUBLIC_PATHS:
             token = bearer_token(request.headers.get("Authorization"))
             request[IDENTITY] = request.app[VERIFIER].verify(token)
-        async with request.app[DB].session(request.app[CONFIG].call_timeout_s):
-            return await handler(request)
+        return await handler(request)
     except web.HTTPException:
         raise  # aiohttp's own 404/405 for unknown routes
     except Exception as exc:
@@ -66,7 +66,8 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 @routes.get("/api/conversations")
 async def conversations(request: web.Request) -> web.Response:
     caller = request[IDENTITY].user_id
-    return web.json_response({"conversations": await request.app[CHAT].conversations(caller)})
+    conversations = await request.app[CHAT].conversations(caller)
+    return web.json_response({"conversations": [conversation_dto(c) for c in conversations]})
 
 
 @routes.get("/api/conversations/{userId}/messages")
@@ -77,7 +78,9 @@ async def messages(request: web.Request) -> web.Response:
     page, next_before = await request.app[CHAT].history_page(
         caller, request.match_info["userId"], before, limit
     )
-    return web.json_response({"messages": page, "nextBefore": next_before})
+    return web.json_response(
+        {"messages": [message_dto(m) for m in page], "nextBefore": next_before}
+    )
 
 
 @routes.get("/api/users/online")

@@ -9,15 +9,17 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from app.auth import TokenVerifier
-    from app.chat import ChatService
     from app.config import Config
     from app.db import Database
     from app.metrics import Metrics
     from app.presence import Presence
+    from app.service import ChatService
+    from app.store import MessageStore
     from handlers.chat import ChatNamespace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 DB: web.AppKey[Database] = web.AppKey("db")
+STORE: web.AppKey[MessageStore] = web.AppKey("store")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio", socketio.AsyncServer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")

@@ -1,0 +1,172 @@
+"""The domain's vocabulary: the values the services return, and the notices they raise.
+
+A service call answers with a value and, where something happened that other
+people must hear of, a tuple of :class:`Notice`: *what* happened (a typed event)
+and *who* must hear it (user ids). The edge maps users onto its own delivery
+mechanism (Socket.IO rooms) and events onto wire names; it never decides who
+hears what. Nothing here knows about sockets, JSON or the ORM.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from app.errors import InvalidArgument
+from models import Status
+
+T = TypeVar("T")
+
+# ASCII digits only (\d would take any script's), each part a BIGINT.
+_CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
+BIGINT_MAX = 2**63 - 1
+
+
+# -- values -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A stored message as the domain sees it."""
+
+    row: int  # insert order; never shown to clients
+    id: str  # the uuid clients know it by
+    sender_id: str
+    receiver_id: str
+    text: str
+    status: Status
+    created_at: datetime
+    client_message_id: str | None
+    change_seq: int
+
+    @property
+    def position(self) -> ChangePosition:
+        return ChangePosition(self.change_seq, self.row)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class ChangePosition:
+    """Where a Sync reader is in the change order: (change_seq, message row)."""
+
+    seq: int
+    row: int
+
+    def encode(self) -> str:
+        """The opaque cursor string a client gets and hands back."""
+        return f"{self.seq}.{self.row}"
+
+    @classmethod
+    def decode(cls, cursor: str | None) -> ChangePosition:
+        if cursor is None:
+            return START
+        match = _CURSOR.fullmatch(cursor)
+        if match is None or max(int(match.group(1)), int(match.group(2))) > BIGINT_MAX:
+            raise InvalidArgument("cursor is not one this server returned")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+START = ChangePosition(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One entry of a user's conversation list."""
+
+    peer_id: str
+    name: str
+    avatar: str | None
+    preview: str
+    last_at: datetime
+    is_active: bool
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPage:
+    messages: list[ChatMessage]
+    cursor: ChangePosition
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    user_id: str
+    pending: int
+
+
+# -- events: what happened ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageArrived:
+    """A new message for its receiver (also the hand-over of pending messages)."""
+
+    message: ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEchoed:
+    """A message the user sent from another of their connections."""
+
+    message: ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    message_id: str
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    user_id: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TypingChanged:
+    user_id: str
+    is_typing: bool
+
+
+Event = MessageArrived | MessageEchoed | StatusChanged | PresenceChanged | TypingChanged
+
+
+# -- who must hear it ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An event and who must hear it.
+
+    ``users``: every connection of these users; ``None`` means every connected
+    user. ``except_caller``: not the connection that made the call (it learns
+    the result from its own answer). ``caller_only``: just that connection.
+    """
+
+    event: Event
+    users: tuple[str, ...] | None = ()
+    except_caller: bool = False
+    caller_only: bool = False
+
+    @classmethod
+    def to_users(cls, event: Event, *users: str, except_caller: bool = False) -> Notice:
+        return cls(event, tuple(dict.fromkeys(users)), except_caller=except_caller)
+
+    @classmethod
+    def to_everyone(cls, event: Event, *, except_caller: bool = False) -> Notice:
+        return cls(event, None, except_caller=except_caller)
+
+    @classmethod
+    def to_caller(cls, event: Event) -> Notice:
+        return cls(event, (), caller_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """A call's answer and the notices it raised, in the order they must go out."""
+
+    value: T
+    notices: tuple[Notice, ...] = field(default=())

@@ -1,0 +1,78 @@
+"""The protocol's JSON shapes (MessageDto, ConversationDto, Sync pages) and event names.
+
+Both edges, the /chat hub and REST, answer in these shapes; the domain never
+builds a wire dict.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from app.domain import (
+    ChatMessage,
+    ConversationSummary,
+    Event,
+    MessageArrived,
+    MessageEchoed,
+    PresenceChanged,
+    StatusChanged,
+    SyncPage,
+    TypingChanged,
+)
+
+Json = dict[str, Any]
+
+
+def iso_ms(dt: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and Z, as the protocol pins."""
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def message_dto(m: ChatMessage) -> Json:
+    return {
+        "id": m.id,
+        "senderId": m.sender_id,
+        "receiverId": m.receiver_id,
+        "text": m.text,
+        "status": m.status.wire,
+        "timestamp": iso_ms(m.created_at),
+        "clientMessageId": m.client_message_id,
+    }
+
+
+def conversation_dto(c: ConversationSummary) -> Json:
+    return {
+        "id": c.peer_id,
+        "name": c.name,
+        "avatar": c.avatar,
+        "previewMessage": c.preview,
+        "lastActive": iso_ms(c.last_at),
+        "isActive": c.is_active,
+        "unreadCount": c.unread,
+    }
+
+
+def sync_page(page: SyncPage) -> Json:
+    return {
+        "messages": [message_dto(m) for m in page.messages],
+        "cursor": page.cursor.encode(),
+        "hasMore": page.has_more,
+    }
+
+
+def server_event(event: Event) -> tuple[str, tuple[Any, ...]]:
+    """The wire name and positional arguments of a server -> client event."""
+    match event:
+        case MessageArrived(m):
+            return "ReceiveMessage", (m.sender_id, m.text, m.id, m.status.wire, message_dto(m))
+        case MessageEchoed(m):
+            return "MessageSent", (message_dto(m),)
+        case StatusChanged(message_id, status):
+            return "MessageStatusChanged", (message_id, status.wire)
+        case PresenceChanged(user_id, online):
+            return "UserStatusChanged", (user_id, "Online" if online else "Offline")
+        case TypingChanged(user_id, is_typing):
+            return "UserTyping", (user_id, is_typing)
+    raise TypeError(f"no wire form for {event!r}")
