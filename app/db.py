@@ -168,8 +168,10 @@ class Database:
             tortoise_context._current_context.reset(token)
 
     @asynccontextmanager
-    async def session(self, timeout_s: float, where: str = "storage") -> AsyncIterator[TortoiseContext]:
-        """Bound to this database, limited in time, failures as ``Unavailable``."""
+    async def session(
+        self, timeout_s: float | None, where: str = "storage"
+    ) -> AsyncIterator[TortoiseContext]:
+        """Bound to this database, limited in time (None: the caller limits), failures as ``Unavailable``."""
         with self.bound() as orm:
             try:
                 async with asyncio.timeout(timeout_s):

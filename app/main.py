@@ -33,7 +33,9 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
     app[DB] = db = Database(config)
-    app[STORE] = store = MessageStore(db, config.call_timeout_s)
+    app[STORE] = store = MessageStore(
+        db, config.call_timeout_s, config.dialect, on_batch=metrics.write_batch.observe
+    )
     app[PRESENCE] = presence = presence_from_config(config, store)
     app[CHAT] = chat = ChatService(store, presence, metrics)
     app[VERIFIER] = verifier = TokenVerifier(config)
@@ -70,6 +72,7 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     db = app[DB]
     await db.open()
     yield
+    await app[STORE].close()  # answer the writes still queued before the connections go
     await db.close()
 
 

@@ -33,5 +33,10 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.write_batch = Histogram(
+            "chat_write_batch_size", "Writes committed together in one group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,6 +8,8 @@ which users must hear it. The edges (handlers/) deliver them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from app.domain import (
     ChangePosition,
     ChatMessage,
@@ -24,7 +26,7 @@ from app.domain import (
 from app.errors import Forbidden, InvalidArgument, NotFound
 from app.metrics import Metrics
 from app.presence import Presence
-from app.store import MessageStore
+from app.store import MessageStore, ReceiptResult
 from app.validation import (
     MESSAGE_MAX_CHARS,
     check_display_name,
@@ -37,6 +39,8 @@ from models import Status
 HISTORY_TAKE_MAX = 100
 SYNC_LIMIT_MAX = 500
 PENDING_PAGE = 500
+# How many users' token claims to remember, to skip the write on a reconnect.
+TOKEN_CACHE_USERS = 100_000
 
 
 class ChatService:
@@ -44,15 +48,29 @@ class ChatService:
         self._store = store
         self._presence = presence
         self._metrics = metrics
+        # user id -> what their token last said that we stored (least recent first).
+        self._token_said: OrderedDict[str, tuple[tuple[str, str | None], ...]] = OrderedDict()
 
     # -- connections ------------------------------------------------------
 
     async def user_connected(self, user_id: str, name: str | None, avatar: str | None) -> None:
-        """Remember what the token says about the user."""
+        """Remember what the token says about the user, when it says something new.
+
+        A reconnect storm is mostly users whose tokens say what they said last
+        time: those connects write nothing.
+        """
         changes: dict[str, str | None] = {"token_name": name}
         if avatar is not None:
             changes["avatar"] = avatar
+        said = tuple(sorted(changes.items()))
+        if self._token_said.get(user_id) == said:
+            self._token_said.move_to_end(user_id)
+            return
         await self._store.save_user(user_id, **changes)
+        self._token_said[user_id] = said
+        self._token_said.move_to_end(user_id)
+        if len(self._token_said) > TOKEN_CACHE_USERS:
+            self._token_said.popitem(last=False)
 
     async def register_user(self, caller: str, user_name: str) -> Outcome[Registered]:
         """Set the display name; hand the caller every message still waiting for them."""
@@ -137,12 +155,12 @@ class ChatService:
         """Receipt for one message; no notice when the status was already reached."""
         if not message_id:
             raise InvalidArgument("messageId must be a non-empty string")
-        message = await self._store.get(message_id)
-        if message is None:
+        result, message = await self._store.receipt(caller, message_id, status)
+        if result is ReceiptResult.MISSING:
             raise NotFound("no such message")
-        if message.receiver_id != caller:
+        if result is ReceiptResult.NOT_RECEIVER:
             raise Forbidden("only the receiver can acknowledge a message")
-        if message.status >= status or not await self._store.advance_status(message, status):
+        if message is None:  # ALREADY: a no-op
             return Outcome(None)
         return Outcome(None, (_status_notice(message, status),))
 

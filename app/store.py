@@ -5,8 +5,11 @@ it binds the ORM context itself, is bounded by the call time limit, and any
 storage failure leaves it as ``Unavailable``. It returns domain values, never
 ORM objects, so nothing above this module depends on Tortoise.
 
-Every write takes the next value of the `change` counter inside its
-transaction. Bumping that row locks it until commit (a row lock on MySQL, the
+Writes go through one group-commit queue (``app/batching.py``): the writes
+that arrive while a batch is committing go to the database together, in one
+transaction of multi-row statements, and each caller is answered when its
+batch has committed. A batch takes the next value of the `change` counter
+once, inside its transaction, for every message row it inserts or moves. Bumping that row locks it until commit (a row lock on MySQL, the
 database write lock on SQLite), so change numbers become visible strictly in
 the order they were handed out. A Sync reader that has seen change N has
 therefore seen every change before N: the cursor can never skip a row that
@@ -15,12 +18,15 @@ commits late.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import functools
+import logging
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
@@ -28,13 +34,23 @@ from tortoise.expressions import F, Q
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
+from app.batching import Abandoned, BatchingQueue
 from app.db import Database
 from app.domain import ChangePosition, ChatMessage
+from app.errors import Unavailable
 from models import Conversation, Counter, Message, Status, User
+
+logger = logging.getLogger(__name__)
 
 CHANGE_COUNTER = "change"
 # Bound on ids in one `IN (...)` list.
 IN_CHUNK = 500
+# Most writes in one group commit: bounds a transaction's size and its statements'
+# parameter count (9 per message row; SQLite allows 32766).
+MAX_BATCH = 256
+MESSAGE_COLUMNS = (
+    "id, uuid, sender_id, receiver_id, text, status, client_message_id, created_at, change_seq"
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +66,49 @@ class ConversationRow:
     preview: str
     last_at: datetime
     unread: int
+
+
+# -- writes, as the group-commit queue carries them --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    sender_id: str
+    receiver_id: str
+    text: str
+    client_message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    receiver_id: str  # the caller: only the receiver may move a message's status
+    message_id: str
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAll:
+    sender_id: str
+    receiver_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    user_id: str
+    changes: tuple[tuple[str, str | None], ...]  # (column, value), columns of chat_user
+
+
+Write = NewMessage | Receipt | ReadAll | UserChange
+
+
+class ReceiptResult(enum.Enum):
+    CHANGED = "changed"
+    ALREADY = "already"  # the status was already reached: a no-op
+    MISSING = "missing"
+    NOT_RECEIVER = "not_receiver"
+
+
+USER_COLUMNS = frozenset({"display_name", "token_name", "avatar"})
 
 
 def now_ms() -> datetime:
@@ -91,88 +150,80 @@ def _stored(
 
 
 class MessageStore:
-    def __init__(self, db: Database, timeout_s: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        timeout_s: float,
+        dialect: str,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._db = db
         self._timeout_s = timeout_s
+        self._sql = Sql(dialect)
+        self._writes: BatchingQueue[Write, Any] = BatchingQueue(
+            "writes", self._commit, MAX_BATCH, on_batch=on_batch
+        )
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query (readiness; not logged here)."""
         await self._db.ping()
 
-    async def _next_change(self, conn: BaseDBAsyncClient) -> int:
-        updated = await Counter.filter(name=CHANGE_COUNTER).using_db(conn).update(
-            value=F("value") + 1
-        )
-        if not updated:
-            # First write ever. A concurrent first write makes one of the two
-            # fail on the primary key; its caller's transaction rolls back.
-            await Counter.create(name=CHANGE_COUNTER, value=1, using_db=conn)
-            return 1
-        value = await Counter.filter(name=CHANGE_COUNTER).using_db(conn).values_list(
-            "value", flat=True
-        )
-        return int(value[0])
+    async def close(self) -> None:
+        """Answer every write still queued (shutdown)."""
+        await self._writes.close()
 
-    # -- messages ---------------------------------------------------------
+    # -- writes -------------------------------------------------------------
 
-    @_stored
     async def insert_message(
         self, sender_id: str, receiver_id: str, text: str, client_message_id: str | None
     ) -> tuple[ChatMessage, bool]:
-        """Store a message and move both conversation heads; commit before returning.
+        """Store a message and move both conversation heads; return once committed.
 
         Returns (message, created). A second message with the same
         (sender, clientMessageId) returns the stored one with created=False.
         """
-        if client_message_id is not None:
-            existing = await self._by_client_id(sender_id, client_message_id)
-            if existing is not None:
-                return _message(existing), False
+        return await self._write(NewMessage(sender_id, receiver_id, text, client_message_id))
+
+    async def receipt(
+        self, receiver_id: str, message_id: str, status: Status
+    ) -> tuple[ReceiptResult, ChatMessage | None]:
+        """Move a message the receiver got forward to `status`, if it is theirs and behind."""
         try:
+            uuidlib.UUID(message_id)
+        except ValueError:
+            return ReceiptResult.MISSING, None
+        return await self._write(Receipt(receiver_id, message_id, status))
+
+    async def mark_read(self, sender_id: str, receiver_id: str) -> list[ChatMessage]:
+        """Mark every message from sender to receiver read; return the ones that changed."""
+        return await self._write(ReadAll(sender_id, receiver_id))
+
+    async def save_user(self, user_id: str, **changes: str | None) -> None:
+        """Upsert a user row with these columns (display_name, token_name, avatar)."""
+        assert set(changes) <= USER_COLUMNS, changes
+        await self._write(UserChange(user_id, tuple(sorted(changes.items()))))
+
+    async def _write(self, write: Write) -> Any:
+        try:
+            return await self._writes.submit(write, self._timeout_s)
+        except Abandoned:
+            logger.error("storage failure: a write waited %s s for its batch", self._timeout_s)
+            raise Unavailable("storage is unavailable, try again later") from None
+
+    async def _commit(self, writes: list[Write]) -> list[Any]:
+        """One batch: one transaction, multi-row statements, one change number.
+
+        The time limit covers the statements but not the COMMIT: a commit is
+        never cancelled half-way and then reported as not done.
+        """
+        async with self._db.session(None, "write batch"):
             async with in_transaction() as conn:
-                seq = await self._next_change(conn)
-                message = await Message.create(
-                    uuid=uuidlib.uuid4(),
-                    sender_id=sender_id,
-                    receiver_id=receiver_id,
-                    pair_key=pair_key(sender_id, receiver_id),
-                    text=text,
-                    status=Status.SENT,
-                    client_message_id=client_message_id,
-                    created_at=now_ms(),
-                    change_seq=seq,
-                    using_db=conn,
-                )
-                await self._touch_conversation(conn, sender_id, receiver_id, message)
-                await self._touch_conversation(conn, receiver_id, sender_id, message)
-        except IntegrityError:
-            # Lost a race with a concurrent send of the same clientMessageId.
-            if client_message_id is None:
-                raise
-            existing = await self._by_client_id(sender_id, client_message_id)
-            if existing is None:
-                raise
-            return _message(existing), False
-        return _message(message), True
+                async with asyncio.timeout(self._timeout_s):
+                    outcomes = await _Batch(self._sql, conn, writes).run()
+            # Committed: leaving in_transaction ran the COMMIT.
+        return outcomes
 
-    async def _by_client_id(self, sender_id: str, client_message_id: str) -> Message | None:
-        return await Message.get_or_none(sender_id=sender_id, client_message_id=client_message_id)
-
-    async def _touch_conversation(
-        self, conn: BaseDBAsyncClient, owner: str, peer: str, message: Message
-    ) -> None:
-        # Writers are serialised by the change counter, so update-then-insert cannot race.
-        updated = await Conversation.filter(owner_id=owner, peer_id=peer).using_db(conn).update(
-            last_message_id=message.id, last_at=message.created_at
-        )
-        if not updated:
-            await Conversation.create(
-                owner_id=owner,
-                peer_id=peer,
-                last_message_id=message.id,
-                last_at=message.created_at,
-                using_db=conn,
-            )
+    # -- reads --------------------------------------------------------------
 
     @_stored
     async def get(self, message_id: str) -> ChatMessage | None:
@@ -182,39 +233,6 @@ class MessageStore:
             return None
         found = await Message.get_or_none(uuid=parsed)
         return _message(found) if found is not None else None
-
-    @_stored
-    async def advance_status(self, message: ChatMessage, status: Status) -> bool:
-        """Move one message forward to `status`; False if it was already there or beyond."""
-        async with in_transaction() as conn:
-            seq = await self._next_change(conn)
-            updated = await Message.filter(id=message.row, status__lt=status).using_db(conn).update(
-                status=status, change_seq=seq
-            )
-        return bool(updated)
-
-    @_stored
-    async def mark_read(self, sender_id: str, receiver_id: str) -> list[ChatMessage]:
-        """Mark every message from sender to receiver read; return the ones that changed."""
-        async with in_transaction() as conn:
-            rows = (
-                await Message.filter(
-                    sender_id=sender_id, receiver_id=receiver_id, status__lt=Status.READ
-                )
-                .using_db(conn)
-                .order_by("id")
-            )
-            if not rows:
-                return []
-            seq = await self._next_change(conn)
-            for chunk in _chunks([m.id for m in rows], IN_CHUNK):
-                await Message.filter(id__in=chunk, status__lt=Status.READ).using_db(conn).update(
-                    status=Status.READ, change_seq=seq
-                )
-        for m in rows:
-            m.status = Status.READ
-            m.change_seq = seq
-        return [_message(m) for m in rows]
 
     @_stored
     async def history(self, a: str, b: str, skip: int, take: int) -> list[ChatMessage]:
@@ -309,22 +327,237 @@ class MessageStore:
             await Conversation.filter(owner_id=owner_id).values_list("peer_id", flat=True)
         )
 
-    # -- users ------------------------------------------------------------
+class Sql:
+    """The few statements whose syntax differs between SQLite and MySQL/MariaDB."""
 
-    @_stored
-    async def save_user(self, user_id: str, **changes: str | None) -> None:
-        """Upsert a user row; concurrent first connects of one user both succeed."""
-        changes_at = {**changes, "updated_at": now_ms()}
-        for _ in range(2):
-            if await User.filter(id=user_id).update(**changes_at):
-                return
-            try:
-                await User.create(id=user_id, **changes_at)
-                return
-            except IntegrityError:
-                continue  # created by a concurrent connect: update it instead
+    def __init__(self, dialect: str) -> None:
+        self.mysql = dialect == "mysql"
+
+    def __call__(self, statement: str) -> str:
+        """Write statements with ``?`` placeholders; MySQL's driver wants ``%s``."""
+        return statement.replace("?", "%s") if self.mysql else statement
+
+    def upsert(
+        self, table: str, columns: Sequence[str], key: str, rows: int, update: Sequence[str]
+    ) -> str:
+        """A multi-row INSERT that updates `update` on a key conflict (or ignores it)."""
+        marks = "(" + ", ".join("?" * len(columns)) + ")"
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * rows)}"
+        if self.mysql:
+            sets = ", ".join(f"{c} = VALUES({c})" for c in update) if update else f"{key} = {key}"
+            return f"{head} ON DUPLICATE KEY UPDATE {sets}"
+        if not update:
+            return f"{head} ON CONFLICT DO NOTHING"
+        sets = ", ".join(f"{c} = excluded.{c}" for c in update)
+        return f"{head} ON CONFLICT ({key}) DO UPDATE SET {sets}"
 
 
-def _chunks(items: Sequence[int] | Sequence[str], size: int) -> Iterable[list]:
+def message_from_row(row: Mapping[str, Any]) -> ChatMessage:
+    created = row["created_at"]
+    if isinstance(created, str):  # SQLite keeps ISO text
+        created = datetime.fromisoformat(created)
+    if created.tzinfo is None:  # MySQL DATETIME: UTC, naive
+        created = created.replace(tzinfo=UTC)
+    return ChatMessage(
+        row=int(row["id"]),
+        id=str(row["uuid"]),
+        sender_id=row["sender_id"],
+        receiver_id=row["receiver_id"],
+        text=row["text"],
+        status=Status(int(row["status"])),
+        created_at=created,
+        client_message_id=row["client_message_id"],
+        change_seq=int(row["change_seq"]),
+    )
+
+
+class _Batch:
+    """The statements of one group commit, run on one transaction's connection."""
+
+    def __init__(self, sql: Sql, conn: BaseDBAsyncClient, writes: list[Write]) -> None:
+        self.sql = sql
+        self.conn = conn
+        self.writes = writes
+        self.outcomes: list[Any] = [None] * len(writes)
+        self.status: dict[int, Status] = {}  # message row -> status as this batch leaves it
+        self.rows: dict[int, ChatMessage] = {}
+
+    async def query(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list((await self.conn.execute_query(self.sql(statement), list(params)))[1])
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        return int((await self.conn.execute_query(self.sql(statement), list(params)))[0])
+
+    async def run(self) -> list[Any]:
+        # Reads first, so a batch with nothing to change takes no change number.
+        await self._receipts()
+        await self._read_alls()
+        new = [(i, w) for i, w in enumerate(self.writes) if isinstance(w, NewMessage)]
+        moved = [row for row, status in self.status.items() if status > self.rows[row].status]
+        if new or moved:
+            seq = await self._next_change()
+            await self._move(moved, seq)
+            await self._insert(new, seq)
+        await self._users()
+        return self.outcomes
+
+    async def _next_change(self) -> int:
+        # Bumping the row locks it until COMMIT: change numbers become visible in order.
+        if not await self.execute(
+            "UPDATE chat_counter SET value = value + 1 WHERE name = ?", [CHANGE_COUNTER]
+        ):
+            await self.execute("INSERT INTO chat_counter (name, value) VALUES (?, 1)", [CHANGE_COUNTER])
+            return 1
+        rows = await self.query("SELECT value FROM chat_counter WHERE name = ?", [CHANGE_COUNTER])
+        return int(rows[0]["value"])
+
+    def _remember(self, message: ChatMessage) -> None:
+        if message.row not in self.rows:
+            self.rows[message.row] = message
+            self.status[message.row] = message.status
+
+    async def _receipts(self) -> None:
+        receipts = [(i, w) for i, w in enumerate(self.writes) if isinstance(w, Receipt)]
+        if not receipts:
+            return
+        by_id: dict[str, ChatMessage] = {}
+        ids = list(dict.fromkeys(w.message_id for _, w in receipts))
+        for chunk in _chunks(ids, IN_CHUNK):
+            marks = ", ".join("?" * len(chunk))
+            for row in await self.query(
+                f"SELECT {MESSAGE_COLUMNS} FROM chat_message WHERE uuid IN ({marks})", chunk
+            ):
+                message = message_from_row(row)
+                by_id[message.id] = message
+                self._remember(message)
+        for i, receipt in receipts:
+            message = by_id.get(receipt.message_id)
+            if message is None:
+                self.outcomes[i] = (ReceiptResult.MISSING, None)
+            elif message.receiver_id != receipt.receiver_id:
+                self.outcomes[i] = (ReceiptResult.NOT_RECEIVER, None)
+            elif self.status[message.row] >= receipt.status:
+                self.outcomes[i] = (ReceiptResult.ALREADY, None)
+            else:
+                self.status[message.row] = receipt.status
+                self.outcomes[i] = (ReceiptResult.CHANGED, message)
+
+    async def _read_alls(self) -> None:
+        for i, write in enumerate(self.writes):
+            if not isinstance(write, ReadAll):
+                continue
+            rows = await self.query(
+                f"SELECT {MESSAGE_COLUMNS} FROM chat_message"
+                " WHERE sender_id = ? AND receiver_id = ? AND status < ? ORDER BY id",
+                [write.sender_id, write.receiver_id, int(Status.READ)],
+            )
+            changed = []
+            for row in rows:
+                message = message_from_row(row)
+                self._remember(message)
+                if self.status[message.row] < Status.READ:
+                    self.status[message.row] = Status.READ
+                    changed.append(message)
+            self.outcomes[i] = changed
+
+    async def _move(self, moved: list[int], seq: int) -> None:
+        """Write each moved message's final status, one UPDATE per status."""
+        for status in sorted({self.status[row] for row in moved}):
+            rows = [row for row in moved if self.status[row] == status]
+            for chunk in _chunks(rows, IN_CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                await self.execute(
+                    f"UPDATE chat_message SET status = ?, change_seq = ?"
+                    f" WHERE id IN ({marks}) AND status < ?",
+                    [int(status), seq, *chunk, int(status)],
+                )
+        for i, outcome in enumerate(self.outcomes):
+            # Answer with the messages as this batch leaves them.
+            if isinstance(self.writes[i], Receipt) and outcome[1] is not None:
+                self.outcomes[i] = (outcome[0], _moved(outcome[1], self.status, seq))
+            elif isinstance(self.writes[i], ReadAll):
+                self.outcomes[i] = [_moved(m, self.status, seq) for m in outcome]
+
+    async def _insert(self, new: list[tuple[int, NewMessage]], seq: int) -> None:
+        if not new:
+            return
+        created_at = now_ms()
+        uuids = [str(uuidlib.uuid4()) for _ in new]
+        params: list[Any] = []
+        for (_, w), uid in zip(new, uuids):
+            params += [
+                uid, w.sender_id, w.receiver_id, pair_key(w.sender_id, w.receiver_id), w.text,
+                int(Status.SENT), w.client_message_id, created_at, seq,
+            ]
+        columns = (
+            "uuid", "sender_id", "receiver_id", "pair_key", "text", "status",
+            "client_message_id", "created_at", "change_seq",
+        )
+        # A repeated (sender, clientMessageId) is ignored by the unique key, which
+        # decides idempotency in the same statement, even inside one batch.
+        await self.execute(self.sql.upsert("chat_message", columns, "id", len(new), ()), params)
+        marks = ", ".join("?" * len(uuids))
+        stored = {
+            str(row["uuid"]): message_from_row(row)
+            for row in await self.query(
+                f"SELECT {MESSAGE_COLUMNS} FROM chat_message WHERE uuid IN ({marks})", uuids
+            )
+        }
+        repeats = [w for (_, w), uid in zip(new, uuids) if uid not in stored]
+        earlier = await self._by_client_id(repeats)
+        heads: dict[tuple[str, str], ChatMessage] = {}
+        for (i, w), uid in zip(new, uuids):
+            if uid in stored:
+                message = stored[uid]
+                self.outcomes[i] = (message, True)
+                heads[(message.sender_id, message.receiver_id)] = message
+                heads[(message.receiver_id, message.sender_id)] = message
+            else:
+                self.outcomes[i] = (earlier[(w.sender_id, w.client_message_id or "")], False)
+        rows = [(owner, peer, m.row, m.created_at) for (owner, peer), m in heads.items()]
+        if rows:
+            statement = self.sql.upsert(
+                "chat_conversation",
+                ("owner_id", "peer_id", "last_message_id", "last_at"),
+                "owner_id, peer_id",
+                len(rows),
+                ("last_message_id", "last_at"),
+            )
+            await self.execute(statement, [v for row in rows for v in row])
+
+    async def _by_client_id(self, repeats: list[NewMessage]) -> dict[tuple[str, str], ChatMessage]:
+        if not repeats:
+            return {}
+        keys = list(dict.fromkeys((w.sender_id, w.client_message_id or "") for w in repeats))
+        where = " OR ".join(["(sender_id = ? AND client_message_id = ?)"] * len(keys))
+        rows = await self.query(
+            f"SELECT {MESSAGE_COLUMNS} FROM chat_message WHERE {where}", [v for k in keys for v in k]
+        )
+        return {(r["sender_id"], r["client_message_id"]): message_from_row(r) for r in rows}
+
+    async def _users(self) -> None:
+        changes = [w for w in self.writes if isinstance(w, UserChange)]
+        # One statement per set of columns; the latest change of a user wins.
+        groups: dict[tuple[str, ...], dict[str, UserChange]] = {}
+        for w in changes:
+            groups.setdefault(tuple(c for c, _ in w.changes), {})[w.user_id] = w
+        now = now_ms()
+        for columns, by_user in groups.items():
+            for chunk in _chunks(list(by_user.values()), IN_CHUNK):
+                params: list[Any] = []
+                for w in chunk:
+                    params += [w.user_id, *(v for _, v in w.changes), now]
+                statement = self.sql.upsert(
+                    "chat_user", ("id", *columns, "updated_at"), "id", len(chunk),
+                    (*columns, "updated_at"),
+                )
+                await self.execute(statement, params)
+
+
+def _moved(message: ChatMessage, status: dict[int, Status], seq: int) -> ChatMessage:
+    return replace(message, status=status[message.row], change_seq=seq)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])

@@ -1,0 +1,112 @@
+"""Group commit: callers add work and await their own result; one processor runs it in batches.
+
+The shape of Synapse's ``BatchingQueue``: the processor starts on the next
+loop tick with everything queued so far, and keeps going until the queue is
+drained. Batches form from concurrency, not from a timer, so a lone item is
+never delayed; they are bounded in size; and at most one batch is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - an item
+R = TypeVar("R")
+
+# What a batch answers for each of its items: a result, or the error for that item alone.
+Outcomes = Sequence["R | BaseException"]
+
+
+@dataclass(eq=False)
+class _Entry(Generic[I, R]):
+    item: I
+    future: asyncio.Future[R]
+    taken: bool = field(default=False)
+
+
+class Abandoned(Exception):
+    """An item whose caller stopped waiting before its batch started: it was never run."""
+
+
+class BatchingQueue(Generic[I, R]):
+    def __init__(
+        self,
+        name: str,
+        process: Callable[[list[I]], Awaitable[Sequence[R | BaseException]]],
+        max_batch: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._process = process
+        self._max_batch = max_batch
+        self._on_batch = on_batch
+        self._queue: deque[_Entry[I, R]] = deque()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, item: I, timeout_s: float) -> R:
+        """Queue `item` and wait for its result.
+
+        If `timeout_s` passes while the item still waits for a batch, it is
+        dropped and ``Abandoned`` raised: nothing of it ran. Once its batch has
+        started, the caller waits for the batch's answer, whatever it is: an
+        item that may have been committed is never reported as not done.
+        """
+        loop = asyncio.get_running_loop()
+        entry: _Entry[I, R] = _Entry(item, loop.create_future())
+        self._queue.append(entry)
+        if self._runner is None:
+            self._runner = loop.create_task(self._run())
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.future), timeout_s)
+        except TimeoutError:
+            if not entry.taken:
+                self._queue.remove(entry)
+                raise Abandoned(f"{self._name}: not started within {timeout_s} s") from None
+            return await entry.future
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+                for entry in batch:
+                    entry.taken = True
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
+                try:
+                    outcomes = await self._process([e.item for e in batch])
+                except Exception as exc:  # the whole batch failed: each of its callers hears why
+                    for entry in batch:
+                        _settle(entry.future, exc)
+                    continue
+                for entry, outcome in zip(batch, outcomes, strict=True):
+                    _settle(entry.future, outcome)
+        finally:
+            self._runner = None
+            while self._queue:  # cancelled (shutdown) with work still queued
+                _settle(self._queue.popleft().future, Abandoned(f"{self._name}: shut down"))
+
+    async def close(self) -> None:
+        """Shutdown: let the queue drain, so every caller still waiting gets its answer."""
+        if self._runner is not None:
+            await asyncio.shield(self._runner)
+
+
+def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+        # A caller that stopped waiting never reads it; don't let asyncio complain.
+        future.add_done_callback(lambda f: f.exception())
+    else:
+        future.set_result(outcome)
