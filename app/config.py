@@ -36,7 +36,8 @@ class Config:
     jwt_algorithm: str = "HS256"
     dev_mode: bool = False
     cors_origins: tuple[str, ...] = ()
-    presence_scope: str = "all"
+    # Who hears presence changes: "contacts" (and subscribers) or "all" (O(N) per change).
+    presence_scope: str = "contacts"
     # Per-socket budget of client events: a steady rate and a burst on top.
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 60
@@ -58,7 +59,7 @@ class Config:
         public_key = _public_key(env)
         secret = env.get("CHAT_JWT_SECRET") or None
         cors = env.get("CHAT_CORS_ORIGINS", "*" if dev_mode else "")
-        scope = env.get("CHAT_PRESENCE_SCOPE", "all").strip().lower()
+        scope = env.get("CHAT_PRESENCE_SCOPE", "contacts").strip().lower()
         if scope not in PRESENCE_SCOPES:
             raise ConfigError(f"CHAT_PRESENCE_SCOPE: must be one of {sorted(PRESENCE_SCOPES)}")
         config = cls(

@@ -142,7 +142,7 @@ class Notice:
     """An event and who must hear it.
 
     ``users``: every connection of these users; ``None`` means every connected
-    user. ``except_caller``: not the connection that made the call (it learns
+    user. ``connections``: these connections as well (each hears it once). ``except_caller``: not the connection that made the call (it learns
     the result from its own answer). ``caller_only``: just that connection.
     """
 
@@ -150,10 +150,14 @@ class Notice:
     users: tuple[str, ...] | None = ()
     except_caller: bool = False
     caller_only: bool = False
+    # Particular connections too (those that subscribed to a user's presence).
+    connections: tuple[str, ...] = ()
 
     @classmethod
-    def to_users(cls, event: Event, *users: str, except_caller: bool = False) -> Notice:
-        return cls(event, tuple(dict.fromkeys(users)), except_caller=except_caller)
+    def to_users(
+        cls, event: Event, *users: str, except_caller: bool = False, connections: tuple[str, ...] = ()
+    ) -> Notice:
+        return cls(event, tuple(dict.fromkeys(users)), except_caller, connections=connections)
 
     @classmethod
     def to_everyone(cls, event: Event, *, except_caller: bool = False) -> Notice:

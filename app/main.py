@@ -18,7 +18,7 @@ from app.presence import presence_from_config
 from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
-from handlers.chat import ChatNamespace
+from handlers.chat import ChatNamespace, HubManager, HubServer
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -40,14 +40,17 @@ def create_app(config: Config) -> web.Application:
     app[CHAT] = chat = ChatService(store, presence, metrics)
     app[VERIFIER] = verifier = TokenVerifier(config)
 
-    sio = socketio.AsyncServer(
+    manager = HubManager()
+    sio = HubServer(
         async_mode="aiohttp",
+        client_manager=manager,
         cors_allowed_origins=_socketio_origins(config),
         max_http_buffer_size=config.max_packet_bytes,
         logger=False,
         engineio_logger=False,
     )
     namespace = ChatNamespace(config, chat, presence, verifier, metrics)
+    manager.on_connected = namespace.connected
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
     app[SIO] = sio

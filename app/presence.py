@@ -31,6 +31,9 @@ class Presence(Protocol):
     async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
         """Forget a connection; on the user's last, the notices announcing them offline."""
 
+    async def subscribe(self, connection_id: str, user_ids: Iterable[str]) -> dict[str, bool]:
+        """Replace what this connection watches; say who of them is online now."""
+
     async def is_online(self, user_id: str) -> bool: ...
 
     async def online_users(self) -> list[str]: ...
@@ -41,24 +44,33 @@ class Presence(Protocol):
 
 
 class Audience:
-    """Who hears that a user came or went: everyone, or the people they talk to."""
+    """Who hears that a user came or went.
+
+    Scope ``contacts`` (the default): the people who share a conversation with
+    them, plus the connections that subscribed to them. Scope ``all``: every
+    connected user, which costs O(connections) per change.
+    """
 
     def __init__(self, scope: str, store: MessageStore) -> None:
         self._scope = scope
         self._store = store
 
-    async def notices(self, user_id: str, online: bool) -> tuple[Notice, ...]:
+    async def notices(
+        self, user_id: str, online: bool, subscribers: Iterable[str] = ()
+    ) -> tuple[Notice, ...]:
         event = PresenceChanged(user_id, online)
-        # A connection that just arrived is not told of its own arrival. One that
-        # is leaving still gets the notice: a long-polling client waits on its
-        # last poll until something is written to it.
+        # A connection that just arrived is not told of its own arrival; one that
+        # leaves is gone, so telling it or not makes no difference.
         except_caller = online
         if self._scope == "all":
             return (Notice.to_everyone(event, except_caller=except_caller),)
         contacts = await self._store.peers(user_id)
-        if not contacts:
+        watchers = tuple(subscribers)
+        if not contacts and not watchers:
             return ()
-        return (Notice.to_users(event, *contacts, except_caller=except_caller),)
+        return (
+            Notice.to_users(event, *contacts, except_caller=except_caller, connections=watchers),
+        )
 
 
 class LocalPresence:
@@ -67,6 +79,9 @@ class LocalPresence:
     def __init__(self, audience: Audience) -> None:
         self._audience = audience
         self._connections: dict[str, set[str]] = {}
+        # Presence subscriptions, both ways: connection -> users, user -> connections.
+        self._watching: dict[str, frozenset[str]] = {}
+        self._watchers: dict[str, set[str]] = {}
 
     async def connect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
         conns = self._connections.setdefault(user_id, set())
@@ -75,16 +90,34 @@ class LocalPresence:
         if not first:
             return ()
         try:
-            return await self._audience.notices(user_id, online=True)
+            return await self._audience.notices(user_id, True, self._watchers.get(user_id, ()))
         except BaseException:
             # The edge refuses a connection whose connect failed: forget it.
             self._forget(user_id, connection_id)
             raise
 
     async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
+        self._unsubscribe(connection_id)
         if not self._forget(user_id, connection_id):
             return ()
-        return await self._audience.notices(user_id, online=False)
+        return await self._audience.notices(user_id, False, self._watchers.get(user_id, ()))
+
+    async def subscribe(self, connection_id: str, user_ids: Iterable[str]) -> dict[str, bool]:
+        self._unsubscribe(connection_id)
+        wanted = frozenset(user_ids)
+        if wanted:
+            self._watching[connection_id] = wanted
+            for user_id in wanted:
+                self._watchers.setdefault(user_id, set()).add(connection_id)
+        return {user_id: user_id in self._connections for user_id in wanted}
+
+    def _unsubscribe(self, connection_id: str) -> None:
+        for user_id in self._watching.pop(connection_id, ()):
+            watchers = self._watchers.get(user_id)
+            if watchers is not None:
+                watchers.discard(connection_id)
+                if not watchers:
+                    del self._watchers[user_id]
 
     def _forget(self, user_id: str, connection_id: str) -> bool:
         """Drop one connection; True when it was the user's last."""
@@ -108,6 +141,8 @@ class LocalPresence:
 
     async def close(self) -> None:
         self._connections.clear()
+        self._watching.clear()
+        self._watchers.clear()
 
 
 def presence_from_config(config: Config, store: MessageStore) -> Presence:

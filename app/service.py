@@ -39,6 +39,7 @@ from models import Status
 HISTORY_TAKE_MAX = 100
 SYNC_LIMIT_MAX = 500
 PENDING_PAGE = 500
+SUBSCRIBE_MAX = 500
 # How many users' token claims to remember, to skip the write on a reconnect.
 TOKEN_CACHE_USERS = 100_000
 
@@ -194,6 +195,16 @@ class ChatService:
             )
             for r in rows
         ]
+
+    async def subscribe_presence(
+        self, caller: str, connection_id: str, user_ids: list[object]
+    ) -> dict[str, str]:
+        """Watch these users' presence from this connection (replacing what it watched)."""
+        if len(user_ids) > SUBSCRIBE_MAX:
+            raise InvalidArgument(f"userIds must hold at most {SUBSCRIBE_MAX} user ids")
+        wanted = [check_user_id(u, "userIds[]") for u in user_ids]
+        online = await self._presence.subscribe(connection_id, wanted)
+        return {u: "Online" if online[u] else "Offline" for u in wanted}
 
     async def is_online(self, user_id: str) -> bool:
         return await self._presence.is_online(check_user_id(user_id, "userId"))

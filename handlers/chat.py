@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,12 +36,46 @@ T = TypeVar("T")
 
 NAMESPACE = "/chat"
 WELCOME = "Welcome to the chat!"
-# How long the post-connect task waits for the library to finish the handshake.
-HANDSHAKE_WAIT_S = 5.0
 
 
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
+
+
+class HubServer(socketio.AsyncServer):
+    """python-socketio's server, answering a closing long-poll at once.
+
+    When a polling client closes its session, python-engineio leaves that
+    client's pending GET open until the ping timeout (45 s); engine.io's own
+    server answers it (socketio/engine.io#291). Until then clients such as
+    Node's socket.io-client keep a request, and their process, hanging.
+    """
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.upgraded:
+            socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
+
+
+class HubManager(socketio.AsyncManager):
+    """python-socketio's manager, telling the hub when a socket is fully connected.
+
+    The library calls ``connect`` right after it has queued the handshake's
+    CONNECT packet: from then on events reach a client that knows it is
+    connected. (Events emitted from inside the connect handler would arrive
+    before the CONNECT packet, and some clients drop them.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_connected: Callable[[str, str], None] | None = None
+
+    async def connect(self, sid: str, namespace: str) -> Any:
+        result = await super().connect(sid, namespace)
+        if self.on_connected is not None:
+            self.on_connected(sid, namespace)
+        return result
 
 
 @dataclass
@@ -142,23 +176,18 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self.enter_room(sid, user_room(identity.user_id))
         self._metrics.connects.inc()
         self._metrics.connections.inc()
-        self._spawn(self._after_connect(caller))
         return True
 
-    async def _after_connect(self, caller: Caller) -> None:
-        """Greet and announce once the library has sent the handshake's CONNECT packet.
+    def connected(self, sid: str, namespace: str) -> None:
+        """The handshake is answered (see HubManager): greet, announce, arm the expiry."""
+        caller = self._callers.get(sid) if namespace == NAMESPACE else None
+        if caller is not None:
+            self._spawn(self._after_connect(caller))
 
-        Events emitted from inside the connect handler would reach the client
-        before it considers the namespace connected, and some clients drop them.
-        """
-        deadline = time.monotonic() + HANDSHAKE_WAIT_S
-        while not self.server.manager.is_connected(caller.sid, NAMESPACE):
-            if caller.sid not in self._callers or time.monotonic() > deadline:
-                return
-            await asyncio.sleep(0.005)
+    async def _after_connect(self, caller: Caller) -> None:
         await self.emit("Notify", WELCOME, to=caller.sid)
-        await self._deliver(caller.sid, caller.arrival)
-        caller.arrival = ()
+        arrival, caller.arrival = caller.arrival, ()
+        await self._deliver(caller.sid, arrival)
         delay = max(0.0, caller.identity.expires_at - time.time())
         caller.expiry = asyncio.get_running_loop().call_later(
             delay, lambda: self._spawn(self._expire(caller.sid))
@@ -207,8 +236,9 @@ class ChatNamespace(socketio.AsyncNamespace):
                 await self.emit(name, args, to=caller_sid)
             elif notice.users is None:
                 await self.emit(name, args, skip_sid=skip)
-            elif notice.users:
-                rooms = [user_room(u) for u in notice.users]
+            elif notice.users or notice.connections:
+                # A connection is a room of its own; the manager sends each socket one copy.
+                rooms = [user_room(u) for u in notice.users] + list(notice.connections)
                 await self.emit(name, args, to=rooms, skip_sid=skip)
 
     async def _heard(self, caller: Caller, outcome: Outcome[T]) -> T:
@@ -265,6 +295,9 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def typing(self, caller: Caller, receiver_id: str, is_typing: bool) -> None:
         await self._heard(caller, self._chat.typing(caller.user_id, receiver_id, is_typing))
+
+    async def subscribe_presence(self, caller: Caller, user_ids: list[object]) -> dict[str, str]:
+        return await self._chat.subscribe_presence(caller.user_id, caller.sid, user_ids)
 
     async def sync(self, caller: Caller, cursor: str | None = None, limit: int = 200) -> Json:
         return sync_page(await self._chat.sync(caller.user_id, cursor, limit))

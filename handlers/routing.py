@@ -34,9 +34,10 @@ EVENTS = {
     "MarkConversationRead": "mark_conversation_read",
     "Typing": "typing",
     "Sync": "sync",
+    "SubscribePresence": "subscribe_presence",
 }
 
-_TYPE_NAMES = {str: "string", bool: "boolean", int: "integer"}
+_TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", list: "list"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Route:
         params = []
         for p in list(inspect.signature(handler).parameters.values())[1:]:  # skip caller
             kind, optional = _unwrap_optional(hints[p.name])
+            kind = typing.get_origin(kind) or kind  # list[object] is bound as a list
             default = None if p.default is inspect.Parameter.empty else p.default
             params.append(Param(_camel(p.name), kind, optional, default))
         return cls(event, handler, tuple(params))

@@ -250,6 +250,7 @@ async def test_client_cannot_fake_lifecycle_events(server: TestServer, connect: 
     from socketio import packet
 
     watcher = await connect(server, "watcher")
+    await watcher.ok("SubscribePresence", ["alice"])
     alice = await connect(server, "alice")
     await watcher.wait_for("UserStatusChanged")
     # Client libraries refuse to emit reserved names; a hostile client builds the packet.

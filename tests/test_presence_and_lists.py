@@ -12,6 +12,7 @@ from tests.support import ChatClient, Connect, ServerFactory, flush, make_token
 
 async def test_presence_fires_on_first_connect_and_last_disconnect_only(server: TestServer, connect: Connect) -> None:
     watcher = await connect(server, "watcher")
+    assert await watcher.ok("SubscribePresence", ["alice"]) == {"alice": "Offline"}
 
     tab1 = await connect(server, "alice")
     assert await watcher.wait_for("UserStatusChanged") == [("alice", "Online")]
@@ -39,10 +40,9 @@ async def test_online_users_and_status(server: TestServer, connect: Connect) -> 
     assert await alice.error("GetOnlineUsers", "extra") == "invalid_argument"
 
 
-async def test_contacts_scope_tells_only_users_who_share_a_conversation(
-    start_server: ServerFactory, connect: Connect
+async def test_by_default_only_users_who_share_a_conversation_hear_presence(
+    server: TestServer, connect: Connect
 ) -> None:
-    server = await start_server(presence_scope="contacts")
     bob = await connect(server, "bob")
     stranger = await connect(server, "stranger")
     alice = await connect(server, "alice")
@@ -209,3 +209,72 @@ async def test_token_name_and_avatar_claims_identify_the_user(server: TestServer
     assert (await bob.ok("GetConversations"))[0]["name"] == "Al"
     await alice.ok("RegisterUser", "Alice Registered")
     assert (await bob.ok("GetConversations"))[0]["name"] == "Alice Registered"
+
+
+async def test_scope_all_tells_every_connected_user(start_server: ServerFactory, connect: Connect) -> None:
+    server = await start_server(presence_scope="all")
+    stranger = await connect(server, "stranger")
+    alice = await connect(server, "alice")
+    assert await stranger.wait_for("UserStatusChanged") == [("alice", "Online")]
+    await alice.sio.disconnect()
+    assert await stranger.wait_for("UserStatusChanged", 2) == [("alice", "Online"), ("alice", "Offline")]
+    await flush(alice_again := await connect(server, "alice"), via=stranger)
+    assert alice_again.named("UserStatusChanged") == []  # not told of its own arrival
+
+
+async def test_subscribe_presence_answers_now_and_reports_changes_to_that_socket_only(
+    server: TestServer, connect: Connect
+) -> None:
+    bob = await connect(server, "bob")
+    watcher, watcher_tab2 = await connect(server, "watcher"), await connect(server, "watcher")
+    bystander = await connect(server, "bystander")
+
+    assert await watcher.ok("SubscribePresence", ["bob", "alice", "bob"]) == {
+        "bob": "Online", "alice": "Offline",
+    }
+    alice = await connect(server, "alice")
+    assert await watcher.wait_for("UserStatusChanged") == [("alice", "Online")]
+    # A subscription belongs to one socket: the watcher's other tab and others hear nothing.
+    await flush(watcher_tab2, via=bob)
+    await flush(bystander, via=bob)
+    assert watcher_tab2.named("UserStatusChanged") == []
+    assert bystander.named("UserStatusChanged") == []
+
+    # Each call replaces the list: alice is no longer watched, bob is.
+    assert await watcher.ok("SubscribePresence", ["bob"]) == {"bob": "Online"}
+    await alice.sio.disconnect()
+    await bob.sio.disconnect()
+    assert await watcher.wait_for("UserStatusChanged", 2) == [("alice", "Online"), ("bob", "Offline")]
+    await flush(watcher, via=bystander)
+    assert len(watcher.named("UserStatusChanged")) == 2
+
+    # An empty list unsubscribes from everyone.
+    assert await watcher.ok("SubscribePresence", []) == {}
+    await connect(server, "bob")
+    await flush(watcher, via=bystander)
+    assert len(watcher.named("UserStatusChanged")) == 2
+
+
+async def test_subscribe_presence_refuses_bad_lists_and_keeps_the_old_one(
+    server: TestServer, connect: Connect
+) -> None:
+    watcher = await connect(server, "watcher")
+    await watcher.ok("SubscribePresence", ["alice"])
+    for bad in (["x"] * 501, [""], [5], ["a" * 65], "alice", None, {"alice": 1}):
+        assert await watcher.error("SubscribePresence", bad) == "invalid_argument", bad
+    assert await watcher.error("SubscribePresence") == "invalid_argument"
+    assert len(await watcher.ok("SubscribePresence", [f"u{i}" for i in range(500)])) == 500
+    await watcher.ok("SubscribePresence", ["alice"])
+    await connect(server, "alice")
+    assert await watcher.wait_for("UserStatusChanged") == [("alice", "Online")]
+
+
+async def test_a_subscription_ends_with_its_socket(server: TestServer, connect: Connect) -> None:
+    watcher = await connect(server, "watcher")
+    await watcher.ok("SubscribePresence", ["alice"])
+    await watcher.sio.disconnect()
+    other = await connect(server, "other")
+    await other.ok("SubscribePresence", ["alice"])
+    await connect(server, "alice")
+    assert await other.wait_for("UserStatusChanged") == [("alice", "Online")]
+    assert watcher.named("UserStatusChanged") == []

@@ -16,6 +16,7 @@ import type {
   MessageId,
   MessageStatus,
   MethodName,
+  PresenceState,
   Registered,
   ServerEvents,
   UserId,
@@ -87,6 +88,7 @@ export class ChatClient {
   private readonly ackTimeoutMs: number;
   private readonly sendAttempts: number;
   private syncing: Promise<void> | null = null;
+  private watched: UserId[] = [];
   private currentUser: UserId | null = null;
   private cursorValue: string | null;
 
@@ -214,6 +216,15 @@ export class ChatClient {
   isOnline(userId: UserId): Promise<boolean> {
     return this.call("GetOnlineStatus", userId);
   }
+  /**
+   * Hear presence changes of these users (besides the people you share a
+   * conversation with, whom you always hear). Replaces the previous list and is
+   * renewed on every reconnect; answers who of them is online now.
+   */
+  async watchPresence(userIds: UserId[]): Promise<Record<UserId, PresenceState>> {
+    this.watched = [...new Set(userIds)];
+    return this.call("SubscribePresence", this.watched);
+  }
   setTyping(receiverId: UserId, isTyping: boolean): Promise<null> {
     return this.call("Typing", receiverId, isTyping);
   }
@@ -252,6 +263,10 @@ export class ChatClient {
       const registering = this.options.userName
         ? this.register(this.options.userName).then(() => undefined)
         : Promise.resolve();
+      if (this.watched.length) {
+        // A subscription belongs to a socket: renew it on the new one.
+        this.call("SubscribePresence", this.watched).catch((e) => this.errors.next(asChatError(e)));
+      }
       this.syncing = registering
         .then(() => this.pullChanges())
         .catch((e) => this.errors.next(asChatError(e)))
@@ -272,6 +287,7 @@ export class ChatClient {
       this.state$.next("disconnected");
     });
     s.on("Notify", (text) => this.notices.next(text));
+    s.on("SyncRequired", () => void this.sync());
     s.on("ReceiveMessage", (_sender, _text, _id, _status, dto) => this.messages.next(dto));
     s.on("MessageSent", (dto) => this.messages.next(dto));
     s.on("MessageStatusChanged", (messageId, status) => this.statuses.next({ messageId, status }));

@@ -78,6 +78,8 @@ export interface ClientMethods {
   MarkConversationRead: { args: [otherUserId: UserId]; result: number };
   Typing: { args: [receiverId: UserId, isTyping: boolean]; result: null };
   Sync: { args: [cursor: string | null, limit?: number]; result: SyncPage };
+  /** At most 500 ids; replaces this socket's previous subscription. */
+  SubscribePresence: { args: [userIds: UserId[]]; result: Record<UserId, PresenceState> };
 }
 
 export type MethodName = keyof ClientMethods;
@@ -97,6 +99,8 @@ export interface ServerEvents {
   UserStatusChanged: (userId: UserId, state: PresenceState) => void;
   UserTyping: (userId: UserId, isTyping: boolean) => void;
   SessionExpired: () => void;
+  /** Live events may have been missed (e.g. a backplane outage): call Sync from your cursor. */
+  SyncRequired: () => void;
 }
 
 /** Socket.IO's typed-emit shape for the client side (used with Socket<ServerEvents, ClientEmits>). */

@@ -29,6 +29,7 @@ test("messages, receipts, presence and typing arrive as typed streams", async ()
   const [a, b] = [uid("alice"), uid("bob")];
   const bob = client(b, { userName: "Bob" });
   await bob.connect();
+  assert.deepEqual(await bob.watchPresence([a]), { [a]: "Offline" });
   const alice = client(a, { userName: "Alice" });
   const aliceOnline = firstValueFrom(bob.presence$.pipe(filter((p) => p.userId === a)));
   await alice.connect();

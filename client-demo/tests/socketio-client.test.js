@@ -91,6 +91,8 @@ test("handshake refused: err.data carries {code, message}", async () => {
 test("presence and typing reach the right sockets", async () => {
   const [a, b] = [uid("alice"), uid("bob")];
   const bob = await open(b);
+  // Bob shares no conversation with Alice yet: he hears of her because he asks to.
+  assert.deepEqual(await bob.emitWithAck("SubscribePresence", [a]), { ok: true, data: { [a]: "Offline" } });
   const online = next(bob, "UserStatusChanged", (user) => user === a);
   const alice = await open(a);
   assert.deepEqual(await online, [a, "Online"]);
