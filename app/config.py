@@ -41,6 +41,8 @@ class Config:
     # Per-socket budget of client events: a steady rate and a burst on top.
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 60
+    # permessage-deflate on WebSockets: ~90 KiB per connection for little gain on chat frames.
+    ws_compression: bool = False
     # Engine.IO refuses larger packets before they reach a handler.
     max_packet_bytes: int = 64 * 1024
     # Longest a client call may take before it answers `unavailable` (a stalled database).
@@ -73,6 +75,7 @@ class Config:
             dev_mode=dev_mode,
             cors_origins=tuple(o.strip() for o in cors.split(",") if o.strip()),
             presence_scope=scope,
+            ws_compression=_bool(env, "CHAT_WS_COMPRESSION", False),
             rate_limit_per_s=float(_int(env, "CHAT_RATE_LIMIT_PER_S", 20, 1, 100_000)),
             rate_limit_burst=_int(env, "CHAT_RATE_LIMIT_BURST", 60, 1, 1_000_000),
             call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),

@@ -18,7 +18,8 @@ from app.presence import presence_from_config
 from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
-from handlers.chat import ChatNamespace, HubManager, HubServer
+from handlers.chat import ChatNamespace
+from handlers.engine import HubManager, HubServer, set_websocket_compression
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def create_app(config: Config) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
+    set_websocket_compression(sio, config.ws_compression)
     namespace = ChatNamespace(config, chat, presence, verifier, metrics)
     manager.on_connected = namespace.connected
     sio.register_namespace(namespace)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,42 +40,6 @@ WELCOME = "Welcome to the chat!"
 
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
-
-
-class HubServer(socketio.AsyncServer):
-    """python-socketio's server, answering a closing long-poll at once.
-
-    When a polling client closes its session, python-engineio leaves that
-    client's pending GET open until the ping timeout (45 s); engine.io's own
-    server answers it (socketio/engine.io#291). Until then clients such as
-    Node's socket.io-client keep a request, and their process, hanging.
-    """
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        await super()._handle_eio_disconnect(eio_sid, reason)
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and not socket.upgraded:
-            socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
-
-
-class HubManager(socketio.AsyncManager):
-    """python-socketio's manager, telling the hub when a socket is fully connected.
-
-    The library calls ``connect`` right after it has queued the handshake's
-    CONNECT packet: from then on events reach a client that knows it is
-    connected. (Events emitted from inside the connect handler would arrive
-    before the CONNECT packet, and some clients drop them.)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.on_connected: Callable[[str, str], None] | None = None
-
-    async def connect(self, sid: str, namespace: str) -> Any:
-        result = await super().connect(sid, namespace)
-        if self.on_connected is not None:
-            self.on_connected(sid, namespace)
-        return result
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.support import Connect
+from tests.support import Connect, ServerFactory
 
 
 async def test_health_and_readiness(server: TestServer) -> None:
@@ -39,3 +40,21 @@ async def test_metrics_count_connections_messages_and_errors(
     assert float(lines['chat_errors_total{code="forbidden"}']) == 1.0
     assert float(lines['chat_errors_total{code="unknown_event"}']) == 1.0
     assert 'chat_event_seconds_count{event="SendMessage"}' in lines
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_websocket_compression_is_negotiated_only_when_configured(
+    start_server: ServerFactory, enabled: bool
+) -> None:
+    server = await start_server(ws_compression=enabled)
+    async with aiohttp.ClientSession() as http:
+        # A client that offers permessage-deflate, as browsers do.
+        async with http.ws_connect(
+            server.make_url("/socket.io/?EIO=4&transport=websocket"), compress=15
+        ) as ws:
+            extensions = ws._response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in extensions) is enabled
+            assert (ws.compress != 0) is enabled
+            opened = await ws.receive_str()
+            assert opened.startswith("0{")  # the engine.io handshake works either way
