@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test migrate token clean
+.PHONY: setup run test migrate token clean bench
 
 setup: $(STAMP)
 
@@ -33,3 +33,8 @@ test: setup
 
 clean:
 	rm -rf $(VENV) data .pytest_cache client-demo/node_modules client-demo/build
+
+# make bench [BENCH_ARGS="--db sqlite" | "--quick"]: this server beside the stock
+# python-socketio relay under the same Node load; prints one table (bench/README.md).
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -20,10 +20,6 @@ logger = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")
 
-# What a batch answers for each of its items: a result, or the error for that item alone.
-Outcomes = Sequence["R | BaseException"]
-
-
 @dataclass(eq=False)
 class _Entry(Generic[I, R]):
     item: I
@@ -63,13 +59,17 @@ class BatchingQueue(Generic[I, R]):
         self._queue.append(entry)
         if self._runner is None:
             self._runner = loop.create_task(self._run())
+        # A timer, not wait_for(): no task per call on the hot path.
+        timer = loop.call_later(timeout_s, self._expire, entry, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(entry.future), timeout_s)
-        except TimeoutError:
-            if not entry.taken:
-                self._queue.remove(entry)
-                raise Abandoned(f"{self._name}: not started within {timeout_s} s") from None
             return await entry.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, entry: _Entry[I, R], timeout_s: float) -> None:
+        if not entry.taken and not entry.future.done():
+            self._queue.remove(entry)
+            _settle(entry.future, Abandoned(f"{self._name}: not started within {timeout_s} s"))
 
     def __len__(self) -> int:
         return len(self._queue)

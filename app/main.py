@@ -19,7 +19,7 @@ from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
 from handlers.chat import ChatNamespace
-from handlers.engine import HubManager, HubServer, set_websocket_compression
+from handlers.engine import FastJson, HubManager, HubServer, set_websocket_compression
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def create_app(config: Config) -> web.Application:
     sio = HubServer(
         async_mode="aiohttp",
         client_manager=manager,
+        json=FastJson,
         cors_allowed_origins=_socketio_origins(config),
         max_http_buffer_size=config.max_packet_bytes,
         logger=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -77,8 +78,19 @@ async def test_unreachable_database_refuses_handshake_and_fails_readiness(
 async def test_sqlite_file_that_cannot_be_opened_stops_startup(
     start_server: ServerFactory, tmp_path
 ) -> None:
+    workers = set(_aiosqlite_threads())
     with pytest.raises(ConfigError, match="CHAT_DATABASE_URL"):
         await start_server(database_url=f"sqlite://{tmp_path}")  # a directory, not a file
+    # aiosqlite stops the worker thread of a failed connect without awaiting it;
+    # let it finish on this loop, or it reports to a closed one after the test.
+    for _ in range(200):
+        if not set(_aiosqlite_threads()) - workers:
+            break
+        await asyncio.sleep(0.01)
+
+
+def _aiosqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
 
 
 @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)

@@ -1,0 +1,338 @@
+"""`make bench`: this server beside the stock python-socketio relay, under the same Node load.
+
+Starts `chat-server serve` (MariaDB by default, durable writes, a fresh database)
+and `bench/relay.py` as their own processes, drives both with the real Node
+socket.io-client (bench/load.mjs), and prints one table:
+
+- closed loop: PAIRS sender/receiver pairs, INFLIGHT sends in flight per sender,
+  every receiver acknowledging with MessageReceived: msg/s and the ratio to the relay;
+- open loop: CLIENTS clients offered RATE msg/s: errors, ack p50/p99;
+- connect: CONNECTS clients connecting at once: seconds and refusals;
+- idle: KiB of server RSS per idle connection, with CONNECTS connected;
+- queries: history, conversations and Sync times with ROWS stored messages.
+
+    python bench/run.py [--db mariadb|sqlite] [--quick]
+
+The machine is shared and noisy: the figure that counts is the ratio to the
+relay measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SERVER = [str(Path(PYTHON).with_name("chat-server")), "serve"]
+MYSQL = os.environ.get("CHAT_BENCH_MYSQL_URL", "mysql://root:@127.0.0.1:3306")
+# The per-socket budget (20/s) is for people; a benchmark sender exceeds it by design.
+BENCH_RATE_LIMIT = "100000"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def wait_http(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def mysql(sql: str, db: str | None = None) -> None:
+    import asyncmy
+    from urllib.parse import urlsplit
+
+    u = urlsplit(MYSQL)
+    conn = await asyncmy.connect(host=u.hostname, port=u.port or 3306, user=u.username or "root",
+                                 password=u.password or "", db=db)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+        await conn.commit()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def database(kind: str, tag: str) -> Iterator[str]:
+    """A fresh, migrated database; dropped afterwards."""
+    if kind == "sqlite":
+        path = ROOT / "data" / f"bench-{tag}-{os.getpid()}.sqlite3"
+        path.parent.mkdir(exist_ok=True)
+        url = f"sqlite://{path}"
+    else:
+        name = f"chat_bench_{tag}_{uuid.uuid4().hex[:8]}"
+        asyncio.run(mysql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        url = f"{MYSQL}/{name}"
+    env = {**os.environ, "CHAT_DATABASE_URL": url, "CHAT_JWT_SECRET": "x" * 40}
+    subprocess.run([SERVER[0], "migrate"], env=env, check=True, capture_output=True)
+    try:
+        yield url
+    finally:
+        if kind == "sqlite":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        else:
+            asyncio.run(mysql(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+@contextmanager
+def process(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    log = open(ROOT / "data" / f"bench-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_http(port)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def load(*args: object, timeout_s: float = 600) -> dict[str, Any]:
+    out = subprocess.run(
+        ["node", str(ROOT / "bench" / "load.mjs"), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load {args[:1]} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def idle_rss(url: str, secret: str, pid: int, clients: int) -> tuple[float, int]:
+    """KiB of the server's RSS per idle connection, and how many were refused."""
+    time.sleep(1)
+    before = rss_kib(pid)
+    node = subprocess.Popen(
+        ["node", str(ROOT / "bench" / "load.mjs"), "idle", url, secret, str(clients)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert node.stdout is not None and node.stdin is not None
+    ready = json.loads(node.stdout.readline())
+    time.sleep(3)  # let the heartbeats and buffers settle
+    after = rss_kib(pid)
+    node.stdin.close()
+    node.wait(60)
+    return (after - before) / max(1, clients - ready["refused"]), ready["refused"]
+
+
+def measure(name: str, url: str, secret: str, pid: int, a: argparse.Namespace) -> dict[str, Any]:
+    print(f"  {name}: closed loop", file=sys.stderr, flush=True)
+    closed = load("closed", url, secret, a.pairs, a.inflight, a.seconds)
+    print(f"  {name}: open loop", file=sys.stderr, flush=True)
+    opened = load("open", url, secret, a.clients, a.rate, a.seconds)
+    print(f"  {name}: {a.connects} connects", file=sys.stderr, flush=True)
+    storm = load("connect", url, secret, a.connects)
+    print(f"  {name}: idle RSS", file=sys.stderr, flush=True)
+    per_conn, idle_refused = idle_rss(url, secret, pid, a.connects)
+    return {"closed": closed, "open": opened, "connect": storm, "idle_kib": per_conn,
+            "idle_refused": idle_refused, "peak_rss_mib": rss_kib(pid) / 1024}
+
+
+# -- query times at two table sizes ------------------------------------------
+
+
+async def query_times(db_url: str, rows: int) -> dict[str, float]:
+    """Seed `rows` messages among 2,000 users, then time the reads a client makes."""
+    from app.config import Config
+    from app.db import Database
+    from app.domain import START
+    from app.metrics import Metrics
+    from app.presence import presence_from_config
+    from app.service import ChatService
+    from app.store import MessageStore
+
+    config = Config(database_url=db_url, jwt_secret="x" * 40)
+    db = Database(config)
+    await db.open()
+    store = MessageStore(db, 60, config.dialect)
+    chat = ChatService(store, presence_from_config(config, store), Metrics())
+    await seed(db, config.dialect, rows)
+    samples: dict[str, list[float]] = {"history": [], "conversations": [], "sync_recent": [], "sync_start": []}
+    cursor = (await chat.sync("u0", None, 500)).cursor
+    rng = random.Random(7)
+    for _ in range(30):
+        t0 = time.perf_counter()
+        await chat.history("u0", "u0", f"u{rng.randrange(1, 40)}", 0, 50)
+        t1 = time.perf_counter()
+        await chat.conversations("u0")
+        t2 = time.perf_counter()
+        page = await chat.sync("u0", cursor.encode(), 200)
+        t3 = time.perf_counter()
+        await chat.sync("u0", START.encode(), 200)
+        t4 = time.perf_counter()
+        samples["history"].append(t1 - t0)
+        samples["conversations"].append(t2 - t1)
+        samples["sync_recent"].append(t3 - t2)
+        samples["sync_start"].append(t4 - t3)
+        del page
+    await store.close()
+    await db.close()
+    return {k: statistics.median(v) * 1000 for k, v in samples.items()}
+
+
+async def seed(db: Any, dialect: str, rows: int) -> None:
+    """Messages among 2,000 users; u0 talks with 40 of them (about 2% of all rows)."""
+    rng = random.Random(1)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    chunk = 2000
+    with db.bound() as orm:
+        conn = orm.db()
+        mark = "%s" if dialect == "mysql" else "?"
+        row = "(" + ", ".join([mark] * 9) + ")"
+        heads: dict[tuple[str, str], int] = {}
+        for start in range(0, rows, chunk):
+            params: list[Any] = []
+            n = min(chunk, rows - start)
+            for i in range(start, start + n):
+                if rng.random() < 0.02:
+                    a, b = "u0", f"u{rng.randrange(1, 41)}"
+                else:
+                    a, b = f"u{rng.randrange(1, 2000)}", f"u{rng.randrange(1, 2000)}"
+                if a == b:
+                    b = "u1999" if a != "u1999" else "u1998"
+                if rng.random() < 0.5:
+                    a, b = b, a
+                low, high = sorted((a, b))
+                status = 2 if i < rows - 5000 else rng.randrange(0, 3)
+                params += [str(uuid.UUID(int=rng.getrandbits(128), version=4)), a, b,
+                           f"{len(low)}:{low}|{high}", f"message {i}", status, None,
+                           now, i + 1]
+                heads[(a, b)] = i + 1
+                heads[(b, a)] = i + 1
+            await conn.execute_query(
+                "INSERT INTO chat_message (uuid, sender_id, receiver_id, pair_key, text, status,"
+                " client_message_id, created_at, change_seq) VALUES " + ", ".join([row] * n),
+                params,
+            )
+        items = list(heads.items())
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            marks = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * len(part))
+            await conn.execute_query(
+                "INSERT INTO chat_conversation (owner_id, peer_id, last_message_id, last_at) VALUES "
+                + marks,
+                [v for (o, p), seq in part for v in (o, p, seq, now)],
+            )
+        await conn.execute_query(
+            f"UPDATE chat_counter SET value = {mark} WHERE name = 'change'", [rows]
+        )
+
+
+# -- main --------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=["mariadb", "sqlite"], default="mariadb")
+    parser.add_argument("--quick", action="store_true", help="small loads: a smoke run")
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--inflight", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--connects", type=int, default=5000)
+    parser.add_argument("--rows", default="10000,1000000")
+    parser.add_argument("--skip-queries", action="store_true")
+    a = parser.parse_args()
+    if a.quick:
+        a.pairs, a.seconds, a.clients, a.rate, a.connects, a.rows = 10, 3, 100, 100, 300, "1000,20000"
+    (ROOT / "data").mkdir(exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    results: dict[str, Any] = {}
+    with database(a.db, "load") as db_url:
+        port = free_port()
+        env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
+               "CHAT_PORT": str(port), "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT,
+               "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT, "CHAT_LOG_LEVEL": "WARNING"}
+        relay_port = free_port()
+        relay_argv = [PYTHON, str(ROOT / "bench" / "relay.py"), str(relay_port), secret]
+        with process(SERVER, env, port) as server, process(relay_argv, dict(os.environ), relay_port) as relay:
+            print("relay (stock python-socketio, no storage):", file=sys.stderr)
+            results["relay"] = measure("relay", f"http://127.0.0.1:{relay_port}", secret, relay.pid, a)
+            print(f"this server ({a.db}):", file=sys.stderr)
+            results["server"] = measure("server", f"http://127.0.0.1:{port}", secret, server.pid, a)
+    if not a.skip_queries:
+        results["queries"] = {}
+        for rows in [int(r) for r in a.rows.split(",")]:
+            print(f"queries at {rows} rows", file=sys.stderr, flush=True)
+            with database(a.db, f"q{rows}") as db_url:
+                results["queries"][rows] = asyncio.run(query_times(db_url, rows))
+    print(report(results, a))
+    return 0
+
+
+def report(r: dict[str, Any], a: argparse.Namespace) -> str:
+    s, rl = r["server"], r["relay"]
+    ratio = s["closed"]["rate"] / rl["closed"]["rate"]
+    lines = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
+        f"database {a.db}",
+        "",
+        "| measure | this server | stock relay | ratio |",
+        "|---|---|---|---|",
+        f"| closed loop, {a.pairs} pairs x {a.inflight} in flight: msg/s | "
+        f"{s['closed']['rate']:.0f} | {rl['closed']['rate']:.0f} | {ratio:.2f} |",
+        f"| closed loop: ack p50 / p99 ms | {s['closed']['p50']:.1f} / {s['closed']['p99']:.1f} | "
+        f"{rl['closed']['p50']:.1f} / {rl['closed']['p99']:.1f} | |",
+        f"| closed loop: errors | {s['closed']['errors']} | {rl['closed']['errors']} | |",
+        f"| open loop, {a.clients} clients x {a.rate} msg/s: achieved msg/s | "
+        f"{s['open']['achieved']:.0f} | {rl['open']['achieved']:.0f} | |",
+        f"| open loop: errors | {s['open']['errors']} | {rl['open']['errors']} | |",
+        f"| open loop: ack p50 / p99 ms | {s['open']['p50']:.1f} / {s['open']['p99']:.1f} | "
+        f"{rl['open']['p50']:.1f} / {rl['open']['p99']:.1f} | |",
+        f"| {a.connects} clients connecting: s (refused) | {s['connect']['seconds']:.1f} "
+        f"({s['connect']['refused']}) | {rl['connect']['seconds']:.1f} ({rl['connect']['refused']}) | |",
+        f"| KiB RSS per idle connection at {a.connects} | {s['idle_kib']:.0f} | {rl['idle_kib']:.0f} | |",
+        f"| peak RSS MiB | {s['peak_rss_mib']:.0f} | {rl['peak_rss_mib']:.0f} | |",
+    ]
+    if "queries" in r:
+        sizes = sorted(r["queries"])
+        lines += ["", "| query (median ms) | " + " | ".join(f"{n:,} rows" for n in sizes) + " | ratio |",
+                  "|---|" + "---|" * (len(sizes) + 1)]
+        for q in ("history", "conversations", "sync_recent", "sync_start"):
+            values = [r["queries"][n][q] for n in sizes]
+            lines.append(f"| {q} | " + " | ".join(f"{v:.2f}" for v in values)
+                         + f" | {values[-1] / values[0]:.2f} |")
+    lines += ["", "```json", json.dumps(r, indent=1, default=str), "```"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
