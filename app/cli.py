@@ -18,6 +18,10 @@ from app.main import create_app
 
 logger = logging.getLogger("chat-server")
 
+# Connections the kernel queues before we accept them (capped by net.core.somaxconn).
+# aiohttp's 128 turns a reconnect storm into SYN retries of 1, 3, 7, 15 s.
+LISTEN_BACKLOG = 4096
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chat-server", description=__doc__)
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         # uvloop's event loop: the profile spends much of each message in loop plumbing.
         web.run_app(
             create_app(config), host=config.host, port=config.port, print=None,
-            loop=uvloop.new_event_loop(),
+            loop=uvloop.new_event_loop(), backlog=LISTEN_BACKLOG,
         )
         return 0
     if args.command == "migrate":

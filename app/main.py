@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import socketio
 from aiohttp import web
 
 from app.appkeys import CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, SIO, STORE, VERIFIER

@@ -29,8 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.exceptions import IntegrityError
-from tortoise.expressions import F, Q
+from tortoise.expressions import Q
 from tortoise.functions import Count
 from tortoise.transactions import in_transaction
 
@@ -38,7 +37,7 @@ from app.batching import Abandoned, BatchingQueue
 from app.db import Database
 from app.domain import ChangePosition, ChatMessage
 from app.errors import Unavailable
-from models import Conversation, Counter, Message, Status, User
+from models import Conversation, Message, Status, User
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +162,18 @@ class MessageStore:
         self._writes: BatchingQueue[Write, Any] = BatchingQueue(
             "writes", self._commit, MAX_BATCH, on_batch=on_batch
         )
+        self._peer_reads: BatchingQueue[str, list[str]] = BatchingQueue(
+            "contacts lookups", self._peers_of, IN_CHUNK * 4
+        )
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query (readiness; not logged here)."""
         await self._db.ping()
 
     async def close(self) -> None:
-        """Answer every write still queued (shutdown)."""
+        """Answer every write and lookup still queued (shutdown)."""
         await self._writes.close()
+        await self._peer_reads.close()
 
     # -- writes -------------------------------------------------------------
 
@@ -260,7 +263,12 @@ class MessageStore:
     @_stored
     async def changes(self, user_id: str, after: ChangePosition, limit: int) -> list[ChatMessage]:
         """Messages the user sent or received, changed after `after`, in change order."""
-        later = Q(change_seq__gt=after.seq) | Q(change_seq=after.seq, id__gt=after.row)
+        # (seq, row) > after. The leading `change_seq >= seq` is implied, but it lets
+        # the database walk the (user, change_seq, id) index as one range instead
+        # of sorting all of the user's rows: Sync stays flat as the table grows.
+        later = Q(change_seq__gte=after.seq) & (
+            Q(change_seq__gt=after.seq) | Q(id__gt=after.row)
+        )
         # Both reads in one transaction: one snapshot, so no commit can fall between them.
         async with in_transaction() as conn:
             sent = (
@@ -320,12 +328,28 @@ class MessageStore:
         )
         return {sender: int(n) for sender, n in rows}
 
-    @_stored
     async def peers(self, owner_id: str) -> list[str]:
-        """Users who share a conversation with `owner_id`."""
-        return list(
-            await Conversation.filter(owner_id=owner_id).values_list("peer_id", flat=True)
-        )
+        """Users who share a conversation with `owner_id`.
+
+        Every connect and disconnect asks this (who hears of the presence change),
+        so in a reconnect storm the lookups that wait are answered together, by
+        one query per batch.
+        """
+        try:
+            return await self._peer_reads.submit(owner_id, self._timeout_s)
+        except Abandoned:
+            logger.error("storage failure: a contacts lookup waited %s s", self._timeout_s)
+            raise Unavailable("storage is unavailable, try again later") from None
+
+    @_stored
+    async def _peers_of(self, owners: list[str]) -> list[list[str]]:
+        found: dict[str, list[str]] = {owner: [] for owner in owners}
+        for chunk in _chunks(list(found), IN_CHUNK):
+            for owner, peer in await Conversation.filter(owner_id__in=chunk).values_list(
+                "owner_id", "peer_id"
+            ):
+                found[owner].append(peer)
+        return [found[owner] for owner in owners]
 
 class Sql:
     """The few statements whose syntax differs between SQLite and MySQL/MariaDB."""

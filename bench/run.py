@@ -44,6 +44,7 @@ SERVER = [str(Path(PYTHON).with_name("chat-server")), "serve"]
 MYSQL = os.environ.get("CHAT_BENCH_MYSQL_URL", "mysql://root:@127.0.0.1:3306")
 # The per-socket budget (20/s) is for people; a benchmark sender exceeds it by design.
 BENCH_RATE_LIMIT = "100000"
+U0_MESSAGES = 600
 
 
 def free_port() -> int:
@@ -152,14 +153,16 @@ def idle_rss(url: str, secret: str, pid: int, clients: int) -> tuple[float, int]
 
 
 def measure(name: str, url: str, secret: str, pid: int, a: argparse.Namespace) -> dict[str, Any]:
+    # Idle memory first, on a fresh process: after the other loads the heap has
+    # already grown, and new sockets would reuse it and look cheaper than they are.
+    print(f"  {name}: idle RSS", file=sys.stderr, flush=True)
+    per_conn, idle_refused = idle_rss(url, secret, pid, a.connects)
     print(f"  {name}: closed loop", file=sys.stderr, flush=True)
     closed = load("closed", url, secret, a.pairs, a.inflight, a.seconds)
     print(f"  {name}: open loop", file=sys.stderr, flush=True)
     opened = load("open", url, secret, a.clients, a.rate, a.seconds)
     print(f"  {name}: {a.connects} connects", file=sys.stderr, flush=True)
     storm = load("connect", url, secret, a.connects)
-    print(f"  {name}: idle RSS", file=sys.stderr, flush=True)
-    per_conn, idle_refused = idle_rss(url, secret, pid, a.connects)
     return {"closed": closed, "open": opened, "connect": storm, "idle_kib": per_conn,
             "idle_refused": idle_refused, "peak_rss_mib": rss_kib(pid) / 1024}
 
@@ -171,7 +174,6 @@ async def query_times(db_url: str, rows: int) -> dict[str, float]:
     """Seed `rows` messages among 2,000 users, then time the reads a client makes."""
     from app.config import Config
     from app.db import Database
-    from app.domain import START
     from app.metrics import Metrics
     from app.presence import presence_from_config
     from app.service import ChatService
@@ -184,30 +186,41 @@ async def query_times(db_url: str, rows: int) -> dict[str, float]:
     chat = ChatService(store, presence_from_config(config, store), Metrics())
     await seed(db, config.dialect, rows)
     samples: dict[str, list[float]] = {"history": [], "conversations": [], "sync_recent": [], "sync_start": []}
-    cursor = (await chat.sync("u0", None, 500)).cursor
-    rng = random.Random(7)
-    for _ in range(30):
-        t0 = time.perf_counter()
-        await chat.history("u0", "u0", f"u{rng.randrange(1, 40)}", 0, 50)
-        t1 = time.perf_counter()
-        await chat.conversations("u0")
-        t2 = time.perf_counter()
-        page = await chat.sync("u0", cursor.encode(), 200)
-        t3 = time.perf_counter()
-        await chat.sync("u0", START.encode(), 200)
-        t4 = time.perf_counter()
-        samples["history"].append(t1 - t0)
-        samples["conversations"].append(t2 - t1)
-        samples["sync_recent"].append(t3 - t2)
-        samples["sync_start"].append(t4 - t3)
-        del page
+    # A cursor 100 changes before u0's latest: "what did I miss since a minute ago".
+    cursor = (await chat.sync("u0", None, U0_MESSAGES - 100)).cursor
+    # Warm reads: one untimed pass first. The seed has just churned the database's
+    # cache, and a first read of any conversation costs page I/O, at any table size.
+    for rounds, timed in ((10, False), (30, True)):
+        await _query_round(chat, cursor, rounds, samples if timed else None)
     await store.close()
     await db.close()
     return {k: statistics.median(v) * 1000 for k, v in samples.items()}
 
 
+async def _query_round(chat: Any, cursor: Any, rounds: int, samples: dict[str, list[float]] | None) -> None:
+    from app.domain import START
+
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        await chat.history("u0", "u0", "u1", i % 4 * 50, 50)
+        t1 = time.perf_counter()
+        await chat.conversations("u0")
+        t2 = time.perf_counter()
+        await chat.sync("u0", cursor.encode(), 200)
+        t3 = time.perf_counter()
+        await chat.sync("u0", START.encode(), 200)
+        t4 = time.perf_counter()
+        if samples is not None:
+            samples["history"].append(t1 - t0)
+            samples["conversations"].append(t2 - t1)
+            samples["sync_recent"].append(t3 - t2)
+            samples["sync_start"].append(t4 - t3)
+
+
 async def seed(db: Any, dialect: str, rows: int) -> None:
-    """Messages among 2,000 users; u0 talks with 40 of them (about 2% of all rows)."""
+    """`rows` messages among 2,000 users. The measured user u0 has the same 600 at every
+    size (300 with u1, the rest with u2..u40), spread evenly through the table: the
+    reads return the same amount, and only the table around them grows."""
     rng = random.Random(1)
     now = datetime.now(UTC).replace(tzinfo=None)
     chunk = 2000
@@ -220,10 +233,13 @@ async def seed(db: Any, dialect: str, rows: int) -> None:
             params: list[Any] = []
             n = min(chunk, rows - start)
             for i in range(start, start + n):
-                if rng.random() < 0.02:
-                    a, b = "u0", f"u{rng.randrange(1, 41)}"
+                mine = i % max(1, rows // U0_MESSAGES) == 0 and i // max(1, rows // U0_MESSAGES) < U0_MESSAGES
+                if mine:
+                    a, b = "u0", ("u1" if rng.random() < 0.5 else f"u{rng.randrange(2, 41)}")
                 else:
                     a, b = f"u{rng.randrange(1, 2000)}", f"u{rng.randrange(1, 2000)}"
+                if not mine and "u0" in (a, b):
+                    a, b = "u1998", "u1999"
                 if a == b:
                     b = "u1999" if a != "u1999" else "u1998"
                 if rng.random() < 0.5:
@@ -257,6 +273,27 @@ async def seed(db: Any, dialect: str, rows: int) -> None:
 # -- main --------------------------------------------------------------------
 
 
+def loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
+    """The relay, then this server, each alone on the machine while it is measured."""
+    results: dict[str, Any] = {}
+    relay_port = free_port()
+    relay_argv = [PYTHON, str(ROOT / "bench" / "relay.py"), str(relay_port), secret]
+    # One at a time: a process still tearing down thousands of sockets would
+    # steal CPU from the other's measurements.
+    with process(relay_argv, dict(os.environ), relay_port) as relay:
+        print("relay (stock python-socketio, no storage):", file=sys.stderr)
+        results["relay"] = measure("relay", f"http://127.0.0.1:{relay_port}", secret, relay.pid, a)
+    with database(a.db, "load") as db_url:
+        port = free_port()
+        env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
+               "CHAT_PORT": str(port), "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT,
+               "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT, "CHAT_LOG_LEVEL": "WARNING"}
+        with process(SERVER, env, port) as server:
+            print(f"this server ({a.db}):", file=sys.stderr)
+            results["server"] = measure("server", f"http://127.0.0.1:{port}", secret, server.pid, a)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["mariadb", "sqlite"], default="mariadb")
@@ -269,24 +306,15 @@ def main() -> int:
     parser.add_argument("--connects", type=int, default=5000)
     parser.add_argument("--rows", default="10000,1000000")
     parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
     a = parser.parse_args()
     if a.quick:
         a.pairs, a.seconds, a.clients, a.rate, a.connects, a.rows = 10, 3, 100, 100, 300, "1000,20000"
     (ROOT / "data").mkdir(exist_ok=True)
     secret = secrets.token_urlsafe(48)
     results: dict[str, Any] = {}
-    with database(a.db, "load") as db_url:
-        port = free_port()
-        env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
-               "CHAT_PORT": str(port), "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT,
-               "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT, "CHAT_LOG_LEVEL": "WARNING"}
-        relay_port = free_port()
-        relay_argv = [PYTHON, str(ROOT / "bench" / "relay.py"), str(relay_port), secret]
-        with process(SERVER, env, port) as server, process(relay_argv, dict(os.environ), relay_port) as relay:
-            print("relay (stock python-socketio, no storage):", file=sys.stderr)
-            results["relay"] = measure("relay", f"http://127.0.0.1:{relay_port}", secret, relay.pid, a)
-            print(f"this server ({a.db}):", file=sys.stderr)
-            results["server"] = measure("server", f"http://127.0.0.1:{port}", secret, server.pid, a)
+    if not a.skip_load:
+        results.update(loads(a, secret))
     if not a.skip_queries:
         results["queries"] = {}
         for rows in [int(r) for r in a.rows.split(",")]:
@@ -298,29 +326,29 @@ def main() -> int:
 
 
 def report(r: dict[str, Any], a: argparse.Namespace) -> str:
-    s, rl = r["server"], r["relay"]
-    ratio = s["closed"]["rate"] / rl["closed"]["rate"]
-    lines = [
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
-        f"database {a.db}",
-        "",
-        "| measure | this server | stock relay | ratio |",
-        "|---|---|---|---|",
-        f"| closed loop, {a.pairs} pairs x {a.inflight} in flight: msg/s | "
-        f"{s['closed']['rate']:.0f} | {rl['closed']['rate']:.0f} | {ratio:.2f} |",
-        f"| closed loop: ack p50 / p99 ms | {s['closed']['p50']:.1f} / {s['closed']['p99']:.1f} | "
-        f"{rl['closed']['p50']:.1f} / {rl['closed']['p99']:.1f} | |",
-        f"| closed loop: errors | {s['closed']['errors']} | {rl['closed']['errors']} | |",
-        f"| open loop, {a.clients} clients x {a.rate} msg/s: achieved msg/s | "
-        f"{s['open']['achieved']:.0f} | {rl['open']['achieved']:.0f} | |",
-        f"| open loop: errors | {s['open']['errors']} | {rl['open']['errors']} | |",
-        f"| open loop: ack p50 / p99 ms | {s['open']['p50']:.1f} / {s['open']['p99']:.1f} | "
-        f"{rl['open']['p50']:.1f} / {rl['open']['p99']:.1f} | |",
-        f"| {a.connects} clients connecting: s (refused) | {s['connect']['seconds']:.1f} "
-        f"({s['connect']['refused']}) | {rl['connect']['seconds']:.1f} ({rl['connect']['refused']}) | |",
-        f"| KiB RSS per idle connection at {a.connects} | {s['idle_kib']:.0f} | {rl['idle_kib']:.0f} | |",
-        f"| peak RSS MiB | {s['peak_rss_mib']:.0f} | {rl['peak_rss_mib']:.0f} | |",
-    ]
+    lines = [f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
+             f"database {a.db}", ""]
+    if "server" in r:
+        s, rl = r["server"], r["relay"]
+        ratio = s["closed"]["rate"] / rl["closed"]["rate"]
+        lines += [
+            "| measure | this server | stock relay | ratio |",
+            "|---|---|---|---|",
+            f"| closed loop, {a.pairs} pairs x {a.inflight} in flight: msg/s | "
+            f"{s['closed']['rate']:.0f} | {rl['closed']['rate']:.0f} | {ratio:.2f} |",
+            f"| closed loop: ack p50 / p99 ms | {s['closed']['p50']:.1f} / {s['closed']['p99']:.1f} | "
+            f"{rl['closed']['p50']:.1f} / {rl['closed']['p99']:.1f} | |",
+            f"| closed loop: errors | {s['closed']['errors']} | {rl['closed']['errors']} | |",
+            f"| open loop, {a.clients} clients x {a.rate} msg/s: achieved msg/s | "
+            f"{s['open']['achieved']:.0f} | {rl['open']['achieved']:.0f} | |",
+            f"| open loop: errors | {s['open']['errors']} | {rl['open']['errors']} | |",
+            f"| open loop: ack p50 / p99 ms | {s['open']['p50']:.1f} / {s['open']['p99']:.1f} | "
+            f"{rl['open']['p50']:.1f} / {rl['open']['p99']:.1f} | |",
+            f"| {a.connects} clients connecting: s (refused) | {s['connect']['seconds']:.1f} "
+            f"({s['connect']['refused']}) | {rl['connect']['seconds']:.1f} ({rl['connect']['refused']}) | |",
+            f"| KiB RSS per idle connection at {a.connects} | {s['idle_kib']:.0f} | {rl['idle_kib']:.0f} | |",
+            f"| peak RSS MiB | {s['peak_rss_mib']:.0f} | {rl['peak_rss_mib']:.0f} | |",
+        ]
     if "queries" in r:
         sizes = sorted(r["queries"])
         lines += ["", "| query (median ms) | " + " | ".join(f"{n:,} rows" for n in sizes) + " | ratio |",

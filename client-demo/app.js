@@ -136,6 +136,7 @@
     socket.on("MessageStatusChanged", (id, status) => onStatus(id, status));
     socket.on("UserStatusChanged", (userId, presence) => onPresence(userId, presence === "Online"));
     socket.on("UserTyping", (userId, isTyping) => onTyping(userId, isTyping));
+    socket.on("SyncRequired", () => catchUp().catch(() => {}));
   }
 
   async function renewToken() {
@@ -276,6 +277,12 @@
     const c = state.conversations.get(peer);
     $("peer-name").textContent = c ? c.name : peer;
     $("peer-dot").classList.toggle("online", Boolean(c?.isActive));
+    if (!c) {
+      // No conversation yet, so the server would not tell us about them: ask.
+      call("SubscribePresence", [peer])
+        .then((now) => state.peer === peer && $("peer-dot").classList.toggle("online", now[peer] === "Online"))
+        .catch(() => {});
+    }
     const t = thread(peer);
     if (!t.loaded || reload) await loadOlder(peer, true);
     renderConversations();
