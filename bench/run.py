@@ -45,6 +45,8 @@ MYSQL = os.environ.get("CHAT_BENCH_MYSQL_URL", "mysql://root:@127.0.0.1:3306")
 # The per-socket budget (20/s) is for people; a benchmark sender exceeds it by design.
 BENCH_RATE_LIMIT = "100000"
 U0_MESSAGES = 600
+# Pause between load phases, so one phase's sockets are gone before the next starts.
+SETTLE_S = 5
 
 
 def free_port() -> int:
@@ -58,6 +60,12 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_http(port: int, timeout_s: float = 30) -> None:
@@ -153,18 +161,30 @@ def idle_rss(url: str, secret: str, pid: int, clients: int) -> tuple[float, int]
 
 
 def measure(name: str, url: str, secret: str, pid: int, a: argparse.Namespace) -> dict[str, Any]:
-    # Idle memory first, on a fresh process: after the other loads the heap has
-    # already grown, and new sockets would reuse it and look cheaper than they are.
-    print(f"  {name}: idle RSS", file=sys.stderr, flush=True)
-    per_conn, idle_refused = idle_rss(url, secret, pid, a.connects)
+    """The message loads, then the connect storm, on one process started for them.
+
+    The closed loop goes first, on a fresh process: a phase that follows
+    thousands of sockets going away would share the CPU with their teardown.
+    """
     print(f"  {name}: closed loop", file=sys.stderr, flush=True)
+    cpu = cpu_s(pid)
     closed = load("closed", url, secret, a.pairs, a.inflight, a.seconds)
+    closed["cpu_us_per_msg"] = (cpu_s(pid) - cpu) * 1e6 / max(1, closed["acked"])
+    time.sleep(SETTLE_S)
     print(f"  {name}: open loop", file=sys.stderr, flush=True)
     opened = load("open", url, secret, a.clients, a.rate, a.seconds)
+    time.sleep(SETTLE_S)
     print(f"  {name}: {a.connects} connects", file=sys.stderr, flush=True)
     storm = load("connect", url, secret, a.connects)
-    return {"closed": closed, "open": opened, "connect": storm, "idle_kib": per_conn,
-            "idle_refused": idle_refused, "peak_rss_mib": rss_kib(pid) / 1024}
+    return {"closed": closed, "open": opened, "connect": storm, "peak_rss_mib": rss_kib(pid) / 1024}
+
+
+def measure_idle(name: str, url: str, secret: str, pid: int, a: argparse.Namespace) -> dict[str, Any]:
+    """Idle memory on a process of its own: after the other loads the heap has already
+    grown, and new sockets would reuse it and look cheaper than they are."""
+    print(f"  {name}: idle RSS", file=sys.stderr, flush=True)
+    per_conn, refused = idle_rss(url, secret, pid, a.connects)
+    return {"idle_kib": per_conn, "idle_refused": refused}
 
 
 # -- query times at two table sizes ------------------------------------------
@@ -280,17 +300,22 @@ def loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
     relay_argv = [PYTHON, str(ROOT / "bench" / "relay.py"), str(relay_port), secret]
     # One at a time: a process still tearing down thousands of sockets would
     # steal CPU from the other's measurements.
-    with process(relay_argv, dict(os.environ), relay_port) as relay:
-        print("relay (stock python-socketio, no storage):", file=sys.stderr)
-        results["relay"] = measure("relay", f"http://127.0.0.1:{relay_port}", secret, relay.pid, a)
-    with database(a.db, "load") as db_url:
-        port = free_port()
-        env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
-               "CHAT_PORT": str(port), "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT,
-               "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT, "CHAT_LOG_LEVEL": "WARNING"}
-        with process(SERVER, env, port) as server:
-            print(f"this server ({a.db}):", file=sys.stderr)
-            results["server"] = measure("server", f"http://127.0.0.1:{port}", secret, server.pid, a)
+    for phase in (measure, measure_idle):
+        with process(relay_argv, dict(os.environ), relay_port) as relay:
+            print("relay (stock python-socketio, no storage):", file=sys.stderr)
+            results.setdefault("relay", {}).update(
+                phase("relay", f"http://127.0.0.1:{relay_port}", secret, relay.pid, a)
+            )
+        with database(a.db, "load") as db_url:
+            port = free_port()
+            env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
+                   "CHAT_PORT": str(port), "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT,
+                   "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT, "CHAT_LOG_LEVEL": "WARNING"}
+            with process(SERVER, env, port) as server:
+                print(f"this server ({a.db}):", file=sys.stderr)
+                results.setdefault("server", {}).update(
+                    phase("server", f"http://127.0.0.1:{port}", secret, server.pid, a)
+                )
     return results
 
 
@@ -339,6 +364,9 @@ def report(r: dict[str, Any], a: argparse.Namespace) -> str:
             f"| closed loop: ack p50 / p99 ms | {s['closed']['p50']:.1f} / {s['closed']['p99']:.1f} | "
             f"{rl['closed']['p50']:.1f} / {rl['closed']['p99']:.1f} | |",
             f"| closed loop: errors | {s['closed']['errors']} | {rl['closed']['errors']} | |",
+            f"| closed loop: server CPU per message, µs | {s['closed']['cpu_us_per_msg']:.0f} | "
+            f"{rl['closed']['cpu_us_per_msg']:.0f} | "
+            f"{s['closed']['cpu_us_per_msg'] / rl['closed']['cpu_us_per_msg']:.2f} |",
             f"| open loop, {a.clients} clients x {a.rate} msg/s: achieved msg/s | "
             f"{s['open']['achieved']:.0f} | {rl['open']['achieved']:.0f} | |",
             f"| open loop: errors | {s['open']['errors']} | {rl['open']['errors']} | |",
