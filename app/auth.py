@@ -13,7 +13,7 @@ import jwt
 
 from app.config import HMAC_ALGORITHMS, Config
 from app.errors import Unauthorized
-from app.validation import check_user_id
+from app.validation import check_user_id, is_unicode_text
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def _user_id(claims: Mapping[str, Any]) -> str | None:
 
 
 def _optional_text(value: object, limit: int) -> str | None:
-    if not isinstance(value, str) or not value.strip():
+    """An optional claim (name, avatar): dropped when it is not text we can store."""
+    if not isinstance(value, str) or not value.strip() or not is_unicode_text(value):
         return None
     return value.strip()[:limit]
 

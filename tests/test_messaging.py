@@ -263,3 +263,33 @@ async def test_client_cannot_fake_lifecycle_events(server: TestServer, connect: 
     assert await alice.ok("SendMessage", "alice", "watcher", "still here")
     await flush(watcher, via=alice)
     assert watcher.named("UserStatusChanged") == [("alice", "Online")]
+
+
+async def test_one_bad_text_in_a_crowd_of_sends_fails_alone(
+    server: TestServer, connect: Connect, db_state
+) -> None:
+    # A lone surrogate is valid JSON ("\ud800") but no database can store it: it must
+    # be refused before it joins a group commit, where it would fail its neighbours.
+    senders = [await connect(server, f"s{i}") for i in range(6)]
+    bob = await connect(server, "bob")
+    texts = ["fine 0", "fine 1", "bad \ud800 text", "fine 3", "fine 4", "fine 5"]
+    replies = await asyncio.gather(
+        *(s.call("SendMessage", s.user, "bob", t) for s, t in zip(senders, texts))
+    )
+    assert replies[2]["ok"] is False and replies[2]["error"]["code"] == "invalid_argument"
+    assert "message" in replies[2]["error"]["message"]
+    assert all(r["ok"] for i, r in enumerate(replies) if i != 2), replies
+    stored = sorted(m["text"] for m in (await db_state())["messages"])
+    assert stored == sorted(t for i, t in enumerate(texts) if i != 2)
+    assert await senders[0].error("RegisterUser", "Name \udfff") == "invalid_argument"
+    await bob.wait_for("ReceiveMessage", 5)
+
+
+async def test_a_token_name_that_cannot_be_stored_is_dropped_not_refused(
+    server: TestServer, connect: Connect
+) -> None:
+    odd = await connect(server, "odd", name="Broken \ud800 name")
+    bob = await connect(server, "bob")
+    await odd.ok("SendMessage", "odd", "bob", "hello")
+    (conversation,) = await bob.ok("GetConversations")
+    assert conversation["name"] == "odd"
