@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -20,11 +20,11 @@ logger = logging.getLogger(__name__)
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Entry(Generic[I, R]):
     item: I
     future: asyncio.Future[R]
-    taken: bool = field(default=False)
+    deadline: float  # when it is dropped if no batch has taken it yet
 
 
 class Abandoned(Exception):
@@ -45,6 +45,7 @@ class BatchingQueue(Generic[I, R]):
         self._on_batch = on_batch
         self._queue: deque[_Entry[I, R]] = deque()
         self._runner: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def submit(self, item: I, timeout_s: float) -> R:
         """Queue `item` and wait for its result.
@@ -53,23 +54,32 @@ class BatchingQueue(Generic[I, R]):
         dropped and ``Abandoned`` raised: nothing of it ran. Once its batch has
         started, the caller waits for the batch's answer, whatever it is: an
         item that may have been committed is never reported as not done.
+        Callers of one queue pass the same `timeout_s` (items expire in order).
         """
         loop = asyncio.get_running_loop()
-        entry: _Entry[I, R] = _Entry(item, loop.create_future())
+        entry: _Entry[I, R] = _Entry(item, loop.create_future(), loop.time() + timeout_s)
         self._queue.append(entry)
         if self._runner is None:
             self._runner = loop.create_task(self._run())
-        # A timer, not wait_for(): no task per call on the hot path.
-        timer = loop.call_later(timeout_s, self._expire, entry, timeout_s)
-        try:
-            return await entry.future
-        finally:
-            timer.cancel()
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(entry.deadline, self._sweep)
+        return await entry.future
 
-    def _expire(self, entry: _Entry[I, R], timeout_s: float) -> None:
-        if not entry.taken and not entry.future.done():
-            self._queue.remove(entry)
-            _settle(entry.future, Abandoned(f"{self._name}: not started within {timeout_s} s"))
+    def _sweep(self) -> None:
+        """Drop the items whose time ran out before their batch started.
+
+        One timer per queue, not one per item: items wait in arrival order with
+        the same limit, so the oldest is always the next to expire. (A timer per
+        item left tens of thousands of cancelled timers in asyncio's heap.)
+        """
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._queue and self._queue[0].deadline <= now:
+            entry = self._queue.popleft()
+            _settle(entry.future, Abandoned(f"{self._name}: not started in time"))
+        if self._queue:
+            self._sweeper = loop.call_at(self._queue[0].deadline, self._sweep)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -77,9 +87,8 @@ class BatchingQueue(Generic[I, R]):
     async def _run(self) -> None:
         try:
             while self._queue:
+                # Out of the queue means taken: the sweeper no longer sees it.
                 batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-                for entry in batch:
-                    entry.taken = True
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
                 try:

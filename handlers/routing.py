@@ -10,6 +10,7 @@ behind them receive exactly the types their signatures say.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
@@ -65,7 +66,7 @@ class Route:
             params.append(Param(_camel(p.name), kind, optional, default))
         return cls(event, handler, tuple(params))
 
-    @property
+    @functools.cached_property
     def required(self) -> int:
         return sum(1 for p in self.params if p.default is None and not p.optional)
 

@@ -26,8 +26,13 @@ Json = dict[str, Any]
 
 def iso_ms(dt: datetime) -> str:
     """UTC ISO-8601 with milliseconds and Z, as the protocol pins."""
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    if dt.utcoffset():
+        dt = dt.astimezone(UTC)
+    # By hand: strftime showed in the profile, on every message twice.
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
 
 
 def message_dto(m: ChatMessage) -> Json:
