@@ -94,9 +94,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             return await self._on_disconnect(sid)
         return await self._call(sid, event, payload)
 
-    async def _call(self, sid: str, event: str, payload: tuple[Any, ...]) -> dict[str, Any]:
+    async def _call(self, sid: str, event: Any, payload: tuple[Any, ...]) -> dict[str, Any]:
         started = time.perf_counter()
-        route = self._routes.get(event)
+        # A hostile client can name its event with a list or an object: not a route.
+        route = self._routes.get(event) if isinstance(event, str) else None
         label = event if route else "unknown"
         try:
             caller = self._callers.get(sid)

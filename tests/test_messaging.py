@@ -6,6 +6,7 @@ import asyncio
 import re
 import uuid
 
+import aiohttp
 from aiohttp.test_utils import TestServer
 
 from tests.support import Connect, flush
@@ -293,3 +294,27 @@ async def test_a_token_name_that_cannot_be_stored_is_dropped_not_refused(
     await odd.ok("SendMessage", "odd", "bob", "hello")
     (conversation,) = await bob.ok("GetConversations")
     assert conversation["name"] == "odd"
+
+
+async def test_an_event_named_by_a_list_or_object_is_answered_and_counted(
+    server: TestServer, connect: Connect
+) -> None:
+    from socketio import packet
+
+    alice = await connect(server, "alice")
+    answers: dict[int, object] = {}
+    for name in (["SendMessage"], {"event": "SendMessage"}, 7):
+        waiter = asyncio.get_running_loop().create_future()
+        ack_id = alice.sio._generate_ack_id("/chat", waiter.set_result)
+        # Client libraries only send string names; a hostile client builds the packet.
+        await alice.sio._send_packet(
+            alice.sio.packet_class(packet.EVENT, namespace="/chat", data=[name, "x"], id=ack_id)
+        )
+        answers[ack_id] = await asyncio.wait_for(waiter, 5)
+    for reply in answers.values():
+        assert reply["ok"] is False and reply["error"]["code"] == "unknown_event", reply
+    assert await alice.ok("GetOnlineStatus", "alice") is True  # the socket still works
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/metrics")) as r:
+            metrics = await r.text()
+    assert 'chat_errors_total{code="unknown_event"} 3.0' in metrics
