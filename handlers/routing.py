@@ -38,6 +38,9 @@ EVENTS = {
     "SubscribePresence": "subscribe_presence",
 }
 
+# JavaScript's Number.MAX_SAFE_INTEGER: the largest integer every client can send exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", list: "list"}
 
 
@@ -98,6 +101,9 @@ def coerce(param: Param, value: Any) -> Any:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                # Bounded before anything reaches SQL: 10**30 is no page offset.
+                raise InvalidArgument(f"{param.wire} must be an integer of at most 15 digits")
             return value
         raise InvalidArgument(f"{param.wire} must be an integer")
     if not isinstance(value, param.kind) or (param.kind is not bool and isinstance(value, bool)):

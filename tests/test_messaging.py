@@ -318,3 +318,17 @@ async def test_an_event_named_by_a_list_or_object_is_answered_and_counted(
         async with http.get(server.make_url("/metrics")) as r:
             metrics = await r.text()
     assert 'chat_errors_total{code="unknown_event"} 3.0' in metrics
+
+
+async def test_huge_integer_arguments_are_invalid_before_reaching_storage(
+    server: TestServer, connect: Connect, db_state
+) -> None:
+    alice = await connect(server, "alice")
+    await alice.ok("SendMessage", "alice", "bob", "one")
+    before = await db_state()
+    for args in (("alice", "bob", 10**30), ("alice", "bob", 0, 10**30), ("alice", "bob", -(10**20))):
+        assert await alice.error("GetMessageHistory", *args) == "invalid_argument", args
+    assert await alice.error("Sync", None, 10**100) == "invalid_argument"
+    # A skip past every message, but within bounds, is simply an empty page.
+    assert await alice.ok("GetMessageHistory", "alice", "bob", 2**53 - 1, 50) == []
+    assert await db_state() == before

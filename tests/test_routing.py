@@ -34,6 +34,11 @@ def test_missing_optional_arguments_take_their_defaults() -> None:
     assert PAGE.bind(("c", 7)) == ["c", 7]
 
 
+def test_integers_up_to_javascripts_safe_limit_are_accepted() -> None:
+    assert SEND.bind(("a", 2**53 - 1, True))[1] == 2**53 - 1
+    assert SEND.bind(("a", -(2**53 - 1), True))[1] == -(2**53 - 1)
+
+
 def test_integral_doubles_become_integers_and_none_is_accepted_where_optional() -> None:
     assert SEND.bind(("a", 5.0, False, None)) == ["a", 5, False, None]
     assert isinstance(SEND.bind(("a", 5.0, False))[1], int)
@@ -50,6 +55,9 @@ def test_integral_doubles_become_integers_and_none_is_accepted_where_optional() 
         (("a", True, True), "count must be an integer"),
         (("a", 1.5, True), "count must be an integer"),
         (("a", float("nan"), True), "count must be an integer"),
+        (("a", 10**30, True), "count must be an integer of at most 15 digits"),
+        (("a", -(2**53), True), "count must be an integer of at most 15 digits"),
+        (("a", int("9" * 120), True), "count must be an integer of at most 15 digits"),
         (("a", 1, 1), "flag must be a boolean"),
         (("a", 1, True, 7), "note must be a string"),
         ((None, 1, True), "senderId is required"),
