@@ -18,7 +18,13 @@ from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
 from handlers.chat import ChatNamespace
-from handlers.engine import FastJson, HubManager, HubServer, set_websocket_compression
+from handlers.engine import (
+    FastJson,
+    HubManager,
+    HubServer,
+    allowed_origins,
+    set_websocket_compression,
+)
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ def create_app(config: Config) -> web.Application:
         async_mode="aiohttp",
         client_manager=manager,
         json=FastJson,
-        cors_allowed_origins=_socketio_origins(config),
+        cors_allowed_origins=allowed_origins(config.cors_origins),
         max_http_buffer_size=config.max_packet_bytes,
         logger=False,
         engineio_logger=False,
@@ -90,13 +96,6 @@ async def sio_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[NAMESPACE].close()
     await app[SIO].shutdown()
-
-
-def _socketio_origins(config: Config) -> str | list[str] | None:
-    if "*" in config.cors_origins:
-        return "*"
-    # None keeps python-socketio's same-origin check; a list allows those origins too.
-    return list(config.cors_origins) or None
 
 
 def _file(path: Path) -> web.Handler:

@@ -99,3 +99,37 @@ class FastJson:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             return json.loads(text)
+
+
+OriginCheck = Callable[[str | None, dict[str, Any]], bool]
+
+
+def allowed_origins(origins: tuple[str, ...]) -> str | OriginCheck | None:
+    """engine.io's CORS setting: the server's own origin always, plus `origins`.
+
+    Given a list, engine.io allows only that list, so a page served by this
+    very server (the demo, or an app behind the same host) would be refused.
+    """
+    if "*" in origins:
+        return "*"
+    if not origins:
+        return None  # engine.io's own same-origin check
+    listed = frozenset(origins)
+
+    def allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+        return origin in listed or origin in _own_origins(environ)
+
+    return allowed
+
+
+def _own_origins(environ: dict[str, Any]) -> set[str]:
+    """This server's origin as the request names it (as engine.io's default reads it)."""
+    scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST")
+    if host is None:
+        return set()
+    own = {f"{scheme}://{host}"}
+    if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+        fwd_scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+        fwd_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+        own.add(f"{fwd_scheme}://{fwd_host}")
+    return own

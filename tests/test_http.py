@@ -58,3 +58,18 @@ async def test_websocket_compression_is_negotiated_only_when_configured(
             assert (ws.compress != 0) is enabled
             opened = await ws.receive_str()
             assert opened.startswith("0{")  # the engine.io handshake works either way
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_with_a_cors_list_the_servers_own_origin_is_still_allowed(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(cors_origins=("https://app.example",))
+    own = f"http://{server.host}:{server.port}"
+    handshake = server.make_url("/socket.io/?EIO=4&transport=polling")
+    async with aiohttp.ClientSession() as http:
+        for origin, allowed in ((own, True), ("https://app.example", True), ("https://evil.example", False)):
+            async with http.get(handshake, headers={"Origin": origin}) as r:
+                assert (r.status == 200) is allowed, (origin, r.status)
+                if allowed:
+                    assert r.headers.get("Access-Control-Allow-Origin") == origin
