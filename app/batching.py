@@ -9,13 +9,11 @@ never delayed; they are bounded in size; and at most one batch is in flight.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-logger = logging.getLogger(__name__)
 
 I = TypeVar("I")  # noqa: E741 - an item
 R = TypeVar("R")
