@@ -12,14 +12,17 @@ import contextvars
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from asyncmy.errors import MySQLError
 from tortoise import context as tortoise_context
+from tortoise.backends.base.client import TransactionContextPooled, TransactionalDBClient
+from tortoise.connection import get_connections
 from tortoise.context import TortoiseContext
+from tortoise.transactions import in_transaction
 from tortoise.exceptions import DBConnectionError, OperationalError, TransactionManagementError
 
 from app.config import Config, ConfigError
@@ -177,10 +180,49 @@ class Database:
                 async with asyncio.timeout(timeout_s):
                     yield orm
             except STORAGE_ERRORS as exc:
-                logger.error("storage failure in %s: %r", where, exc, exc_info=exc)
+                # The database going away is an outage to report, not a bug to trace.
+                logger.error("storage failure in %s: %r", where, exc)
                 raise Unavailable("storage is unavailable, try again later") from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionalDBClient]:
+        """Tortoise's ``in_transaction()``, without its connection leak.
+
+        With a pool (MySQL), ``__aenter__`` takes a connection and then sends
+        BEGIN; when BEGIN fails (the server killed that connection while it sat
+        in the pool) it raises, so ``__aexit__``, which gives the connection
+        back, never runs. Each such failure cost the pool one connection for
+        good, and closing the pool then waited for it forever. Here the
+        connection goes back, and the task's connection context is restored.
+        """
+        context = in_transaction()
+        async with AsyncExitStack() as stack:
+            try:
+                client = await context.__aenter__()
+            except BaseException:
+                await _give_back(context)
+                raise
+            stack.push_async_exit(context.__aexit__)
+            yield client
 
     async def ping(self) -> None:
         """Raise if the database does not answer a trivial query."""
         with self.bound() as orm:
             await orm.db().execute_query("SELECT 1")
+
+
+async def _give_back(context: Any) -> None:
+    """Undo what a failed ``TransactionContextPooled.__aenter__`` left behind."""
+    if not isinstance(context, TransactionContextPooled):
+        return  # SQLite's context takes nothing it could leak before BEGIN
+    client = context.client
+    token = getattr(context, "token", None)
+    if token is not None:
+        get_connections().reset(token)
+    connection = getattr(client, "_connection", None)
+    pool = client._parent._pool
+    if connection is not None and pool is not None:
+        try:
+            await pool.release(connection)
+        except Exception:  # noqa: BLE001 - a broken connection; the pool drops it either way
+            logger.debug("releasing a failed transaction's connection", exc_info=True)

@@ -31,7 +31,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
 from tortoise.functions import Count
-from tortoise.transactions import in_transaction
 
 from app.batching import Abandoned, BatchingQueue
 from app.db import Database
@@ -222,10 +221,10 @@ class MessageStore:
         never cancelled half-way and then reported as not done.
         """
         async with self._db.session(None, "write batch"):
-            async with in_transaction() as conn:
+            async with self._db.transaction() as conn:
                 async with asyncio.timeout(self._timeout_s):
                     outcomes = await _Batch(self._sql, conn, writes).run()
-            # Committed: leaving in_transaction ran the COMMIT.
+            # Committed: leaving the transaction ran the COMMIT.
         return outcomes
 
     # -- reads --------------------------------------------------------------
@@ -272,7 +271,7 @@ class MessageStore:
             Q(change_seq__gt=after.seq) | Q(id__gt=after.row)
         )
         # Both reads in one transaction: one snapshot, so no commit can fall between them.
-        async with in_transaction() as conn:
+        async with self._db.transaction() as conn:
             sent = (
                 await Message.filter(Q(sender_id=user_id) & later)
                 .using_db(conn)
