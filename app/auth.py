@@ -39,6 +39,12 @@ class TokenVerifier:
         assert key, "Config.validated() guarantees a key"
         self._key: str = key
         self._can_issue = config.jwt_algorithm in HMAC_ALGORITHMS
+        self._audience = config.jwt_audience
+        self._issuer = config.jwt_issuer
+        self._leeway = config.jwt_leeway_s
+        self._required = ["exp"] + (["aud"] if self._audience else []) + (
+            ["iss"] if self._issuer else []
+        )
 
     def verify(self, token: object) -> Identity:
         if not isinstance(token, str) or not token.strip():
@@ -48,7 +54,11 @@ class TokenVerifier:
                 token,
                 self._key,
                 algorithms=[self._algorithm],
-                options={"require": ["exp"], "verify_aud": False},
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                # Without a configured audience a token's `aud` is not ours to judge.
+                options={"require": self._required, "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
@@ -58,12 +68,18 @@ class TokenVerifier:
             raise Unauthorized("token algorithm not allowed") from None
         except jwt.MissingRequiredClaimError as e:
             raise Unauthorized(f"token has no {e.claim} claim") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token issuer not accepted") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("token not yet valid") from None
         except jwt.DecodeError:
             raise Unauthorized("malformed token") from None
         except Exception:  # any other library complaint is still just a bad token
             logger.debug("token rejected", exc_info=True)
             raise Unauthorized("invalid token") from None
-        return _identity(claims)
+        return _identity(claims, self._leeway)
 
     def issue(self, user_id: str, name: str | None = None, ttl_s: int = DEFAULT_TOKEN_TTL_S) -> str:
         if not self._can_issue:
@@ -71,12 +87,16 @@ class TokenVerifier:
         check_user_id(user_id, "userId")
         now = int(time.time())
         claims: dict[str, Any] = {"id": user_id, "iat": now, "exp": now + ttl_s}
+        if self._audience:
+            claims["aud"] = self._audience
+        if self._issuer:
+            claims["iss"] = self._issuer
         if name:
             claims["name"] = name
         return jwt.encode(claims, self._key, algorithm=self._algorithm)
 
 
-def _identity(claims: Mapping[str, Any]) -> Identity:
+def _identity(claims: Mapping[str, Any], leeway_s: int = 0) -> Identity:
     user_id = _user_id(claims)
     if user_id is None:
         raise Unauthorized("token has no user id")
@@ -91,7 +111,8 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         user_id=user_id,
         name=_optional_text(claims.get("name"), NAME_CLAIM_MAX),
         avatar=_optional_text(claims.get("avatar"), AVATAR_CLAIM_MAX),
-        expires_at=float(exp),
+        # The session ends when the token stops being accepted: exp plus the leeway.
+        expires_at=float(exp) + leeway_s,
     )
 
 

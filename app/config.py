@@ -34,13 +34,25 @@ class Config:
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithm: str = "HS256"
+    # When set, a token must carry this `aud` / `iss` (PyJWT checks them).
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+    jwt_leeway_s: int = 0
     dev_mode: bool = False
     cors_origins: tuple[str, ...] = ()
     # Who hears presence changes: "contacts" (and subscribers) or "all" (O(N) per change).
     presence_scope: str = "contacts"
-    # Per-socket budget of client events: a steady rate and a burst on top.
+    # Per-user budget of client events and connects, shared by all of the
+    # user's sockets: a steady rate and a burst on top.
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 60
+    # Open /chat sockets one user may hold at once (devices and tabs).
+    max_sockets_per_user: int = 20
+    # An engine.io session that has not joined /chat by then is closed.
+    handshake_timeout_s: float = 10.0
+    # On SIGTERM: how long calls in flight may take before every socket is closed.
+    shutdown_grace_s: float = 10.0
     # permessage-deflate on WebSockets: ~90 KiB per connection for little gain on chat frames.
     ws_compression: bool = False
     # Engine.IO refuses larger packets before they reach a handler.
@@ -72,12 +84,18 @@ class Config:
             jwt_secret=secret,
             jwt_public_key=public_key,
             jwt_algorithm=algorithm,
+            jwt_audience=env.get("CHAT_JWT_AUDIENCE") or None,
+            jwt_issuer=env.get("CHAT_JWT_ISSUER") or None,
+            jwt_leeway_s=_int(env, "CHAT_JWT_LEEWAY_S", 0, 0, 3600),
             dev_mode=dev_mode,
             cors_origins=tuple(o.strip() for o in cors.split(",") if o.strip()),
             presence_scope=scope,
             ws_compression=_bool(env, "CHAT_WS_COMPRESSION", False),
             rate_limit_per_s=float(_int(env, "CHAT_RATE_LIMIT_PER_S", 20, 1, 100_000)),
             rate_limit_burst=_int(env, "CHAT_RATE_LIMIT_BURST", 60, 1, 1_000_000),
+            max_sockets_per_user=_int(env, "CHAT_MAX_SOCKETS_PER_USER", 20, 1, 100_000),
+            handshake_timeout_s=float(_int(env, "CHAT_HANDSHAKE_TIMEOUT_S", 10, 1, 600)),
+            shutdown_grace_s=float(_int(env, "CHAT_SHUTDOWN_GRACE_S", 10, 0, 3600)),
             call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO").upper(),
             demo_dir=Path(env["CHAT_DEMO_DIR"]) if env.get("CHAT_DEMO_DIR") else None,
