@@ -14,13 +14,16 @@ from app.auth import DEFAULT_TOKEN_TTL_S, TokenVerifier
 from app.config import Config, ConfigError
 from app.db import migrate
 from app.errors import InvalidArgument
+from app.logs import configure_logging
 from app.main import create_app
+from handlers.http import AccessLogger
 
 logger = logging.getLogger("chat-server")
 
 # Connections the kernel queues before we accept them (capped by net.core.somaxconn).
 # aiohttp's 128 turns a reconnect storm into SYN retries of 1, 3, 7, 15 s.
 LISTEN_BACKLOG = 4096
+SHUTDOWN_TAIL_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL_S, help="lifetime in seconds")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     try:
         config = Config.from_env()
     except ConfigError as e:
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         web.run_app(
             create_app(config), host=config.host, port=config.port, print=None,
             loop=uvloop.new_event_loop(), backlog=LISTEN_BACKLOG,
+            access_log_class=AccessLogger,
+            # Sockets are closed by the drain (app.main.drain_hub) within the grace;
+            # this is only the last wait for HTTP requests still being answered.
+            shutdown_timeout=SHUTDOWN_TAIL_S,
         )
         return 0
     if args.command == "migrate":

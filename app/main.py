@@ -17,6 +17,7 @@ from app.presence import presence_from_config
 from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
+from handlers.chat import NAMESPACE as HUB_NAMESPACE
 from handlers.chat import ChatNamespace
 from handlers.engine import (
     FastJson,
@@ -25,6 +26,7 @@ from handlers.engine import (
     allowed_origins,
     set_websocket_compression,
 )
+from handlers.http import polling_body_limit
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ def create_app(config: Config) -> web.Application:
         json=FastJson,
         cors_allowed_origins=allowed_origins(config.cors_origins),
         max_http_buffer_size=config.max_packet_bytes,
+        # Only the hub: python-socketio would otherwise accept sockets on "/" too.
+        namespaces=[HUB_NAMESPACE],
+        handshake_timeout_s=config.handshake_timeout_s,
+        on_protocol_error=lambda kind: metrics.protocol_errors.labels(kind).inc(),
         logger=False,
         engineio_logger=False,
     )
@@ -61,12 +67,14 @@ def create_app(config: Config) -> web.Application:
     manager.on_connected = namespace.connected
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
+    app.middlewares.append(polling_body_limit(sio, config.max_packet_bytes))
     app[SIO] = sio
     app[NAMESPACE] = namespace
 
     app.cleanup_ctx.append(orm_ctx)
     app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
+    app.on_shutdown.append(drain_hub)
     app.add_routes(health.routes)
     setup_api(app)
     demo_dir = config.demo_dir or (DEMO_DIR if config.dev_mode else None)
@@ -96,6 +104,15 @@ async def sio_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[NAMESPACE].close()
     await app[SIO].shutdown()
+
+
+async def drain_hub(app: web.Application) -> None:
+    """SIGTERM: finish the calls in flight, then close every socket so clients reconnect elsewhere.
+
+    Runs after the listening socket is closed and before the cleanup contexts,
+    so the store is still open for the calls being finished.
+    """
+    await app[NAMESPACE].drain(app[CONFIG].shutdown_grace_s)
 
 
 def _file(path: Path) -> web.Handler:

@@ -28,6 +28,10 @@ class Metrics:
             "chat_errors", "Client->server calls that failed, by error code", ["code"],
             registry=self.registry,
         )
+        self.protocol_errors = Counter(
+            "chat_protocol_errors", "Sockets closed for frames the protocol cannot carry", ["kind"],
+            registry=self.registry,
+        )
         self.events = Histogram(
             "chat_event_seconds", "Time to answer a client->server call", ["event"],
             registry=self.registry,

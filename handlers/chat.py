@@ -21,11 +21,11 @@ import socketio
 from app.auth import Identity, TokenVerifier, bearer_token
 from app.config import Config
 from app.domain import Notice, Outcome
-from app.errors import RateLimited, Unauthorized, UnknownEvent, client_error
+from app.errors import RateLimited, Unauthorized, Unavailable, UnknownEvent, client_error
 from app.metrics import Metrics
 from app.presence import Presence
 from app.service import ChatService
-from handlers.limits import TokenBucket
+from handlers.limits import UserBudgets
 from handlers.routing import ok, routes_of
 from handlers.wire import Json, conversation_dto, message_dto, server_event, sync_page
 from models import Status
@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 NAMESPACE = "/chat"
 WELCOME = "Welcome to the chat!"
+# Of the shutdown grace, the part kept for closing sockets once calls are done.
+SOCKET_CLOSE_S = 1.0
 
 
 def user_room(user_id: str) -> str:
@@ -48,7 +50,6 @@ class Caller:
 
     sid: str
     identity: Identity
-    bucket: TokenBucket
     # Presence notices held until the socket's own connect has been answered.
     arrival: tuple[Notice, ...] = ()
     expiry: asyncio.TimerHandle | None = None
@@ -76,6 +77,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._routes = routes_of(self)
         self._callers: dict[str, Caller] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._budgets = UserBudgets(
+            config.rate_limit_per_s, config.rate_limit_burst, config.max_sockets_per_user
+        )
+        # Shutdown: once draining, connects and new calls are refused; calls
+        # already running are awaited (see drain).
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- dispatch ---------------------------------------------------------
 
@@ -99,11 +109,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         # A hostile client can name its event with a list or an object: not a route.
         route = self._routes.get(event) if isinstance(event, str) else None
         label = event if route else "unknown"
+        self._in_flight += 1
+        self._idle.clear()
         try:
             caller = self._callers.get(sid)
             if caller is None:  # raced with its own disconnect
                 raise Unauthorized("not connected")
-            if not caller.bucket.take():
+            if self._draining:
+                raise Unavailable("server is shutting down; reconnect and retry")
+            if not self._budgets.take(caller.user_id):
                 raise RateLimited("too many requests, slow down")
             if route is None:
                 raise UnknownEvent(f"no such method: {str(event)[:64]}")
@@ -113,30 +127,40 @@ class ChatNamespace(socketio.AsyncNamespace):
             self._metrics.errors.labels(error.code).inc()
             return error.envelope()
         finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             self._metrics.events.labels(label).observe(time.perf_counter() - started)
 
     # -- connection lifecycle ---------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        counted: str | None = None  # the user whose socket count this connect holds
         try:
+            if self._draining:
+                raise Unavailable("server is shutting down; connect again")
             token = auth.get("token") if isinstance(auth, dict) else None
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             identity = self._verifier.verify(token)
+            if not self._budgets.take_connect(identity.user_id):
+                raise RateLimited("too many connects, slow down")
+            if not self._budgets.open_socket(identity.user_id):
+                raise RateLimited(
+                    f"too many open sockets for this user (at most {self._config.max_sockets_per_user})"
+                )
+            counted = identity.user_id
             await self._chat.user_connected(identity.user_id, identity.name, identity.avatar)
             arrival = await self._presence.connect(identity.user_id, sid)
         except Exception as exc:
+            if counted is not None:
+                self._budgets.close_socket(counted)
             error = client_error(exc, "connect")
             self._metrics.refused.labels(error.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(
                 error.message, {"code": error.code, "message": error.message}
             ) from None
-        caller = Caller(
-            sid,
-            identity,
-            TokenBucket(self._config.rate_limit_per_s, self._config.rate_limit_burst),
-            arrival=arrival,
-        )
+        caller = Caller(sid, identity, arrival=arrival)
         self._callers[sid] = caller
         await self.enter_room(sid, user_room(identity.user_id))
         self._metrics.connects.inc()
@@ -169,6 +193,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         if caller is None:
             return
         self._metrics.connections.dec()
+        self._budgets.close_socket(caller.user_id)
         if caller.expiry is not None:
             caller.expiry.cancel()
         try:
@@ -180,6 +205,37 @@ class ChatNamespace(socketio.AsyncNamespace):
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutdown: refuse new work, let calls in flight finish, close every socket.
+
+        Calls get up to ``grace_s`` less a second, kept for closing the sockets.
+        Sockets are closed by dropping their transport, not with a namespace
+        DISCONNECT or engine.io CLOSE: a client told either stays disconnected,
+        one whose transport drops reconnects at once (to another instance,
+        behind a load balancer).
+        """
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, grace_s - SOCKET_CLOSE_S))
+        except TimeoutError:
+            logger.warning("shutdown: %d calls still running after the grace", self._in_flight)
+        server = self.server
+        closing = [
+            asyncio.ensure_future(server.drop_transport(eio_sid))
+            for eio_sid in list(server.eio.sockets)
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=max(0.1, deadline - loop.time()))
+            for task in late:
+                task.cancel()
+        logger.info("shutdown: %d sockets closed", len(closing))
 
     async def close(self) -> None:
         """Cancel timers and background work (app shutdown)."""

@@ -6,8 +6,10 @@ namespace itself (handlers/chat.py) uses only the libraries' public API.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -15,18 +17,101 @@ import socketio
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+logger = logging.getLogger(__name__)
+
 
 class HubServer(socketio.AsyncServer):
-    """python-socketio's server, answering a closing long-poll at once.
+    """python-socketio's server, hardened for clients that misbehave.
 
-    When a polling client closes its session, python-engineio leaves that
-    client's pending GET open until the ping timeout (45 s); engine.io's own
-    server answers it (socketio/engine.io#291). Until then clients such as
-    Node's socket.io-client keep a request, and their process, hanging.
+    - A closing long-poll is answered at once. When a polling client closes its
+      session, python-engineio leaves that client's pending GET open until the
+      ping timeout (45 s); engine.io's own server answers it
+      (socketio/engine.io#291). Until then clients such as Node's
+      socket.io-client keep a request, and their process, hanging.
+    - A frame the protocol cannot carry (binary: the hub has no binary
+      arguments; anything the Socket.IO parser refuses) closes the socket with
+      one log line, not a traceback per frame. Binary attachments would
+      otherwise be buffered until the packet completes, which a hostile client
+      never lets happen.
+    - An engine.io session that has not joined a namespace within
+      ``handshake_timeout_s`` is closed: without it, a client can hold sessions
+      open forever without ever showing a token.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        handshake_timeout_s: float = 10.0,
+        on_protocol_error: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._handshake_timeout_s = handshake_timeout_s
+        self._on_protocol_error = on_protocol_error
+        self._closing: set[asyncio.Task[None]] = set()
+        self._complained: set[str] = set()  # eio sids already logged and being closed
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        result = await super()._handle_eio_connect(eio_sid, environ)
+        asyncio.get_running_loop().call_later(
+            self._handshake_timeout_s, self._handshake_deadline, eio_sid
+        )
+        return result
+
+    def _handshake_deadline(self, eio_sid: str) -> None:
+        if eio_sid not in self.environ:
+            return  # gone already
+        if any(
+            self.manager.sid_from_eio_sid(eio_sid, ns) is not None
+            for ns in list(self.manager.get_namespaces())
+        ):
+            return  # joined (or is joining) a namespace
+        self._close(eio_sid)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if not isinstance(data, str) or data[:1] in ("5", "6"):  # BINARY_EVENT, BINARY_ACK
+            self._protocol_error(eio_sid, "binary frame")
+            return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:  # noqa: BLE001 - the parser's refusal of a client's frame
+            # Handlers never raise here (the hub answers every failure itself),
+            # so what arrives is the Socket.IO parser refusing the frame.
+            self._protocol_error(eio_sid, f"malformed packet ({type(exc).__name__})")
+
+    def _protocol_error(self, eio_sid: str, kind: str) -> None:
+        # The frames a client sent before its socket closes arrive all the same:
+        # one line per socket, never the frame itself.
+        if eio_sid in self._complained or eio_sid not in self.environ:
+            return  # said already, or the socket is gone
+        self._complained.add(eio_sid)
+        logger.warning("closing engine.io session %s: %s", eio_sid, kind)
+        if self._on_protocol_error is not None:
+            self._on_protocol_error(kind)
+        self._close(eio_sid)
+
+    async def drop_transport(self, eio_sid: str) -> None:
+        """Close a session's transport without engine.io's CLOSE packet.
+
+        A client sent CLOSE takes it as final (python-socketio's client does
+        not reconnect); one whose transport just drops reconnects at once,
+        which is what a shutting-down server wants of its clients.
+        """
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await socket.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
+        socket.queue.put_nowait(None)  # ends the WebSocket writer, which closes the socket
+        self.eio.sockets.pop(eio_sid, None)
+
+    def _close(self, eio_sid: str) -> None:
+        task = asyncio.ensure_future(self.eio.disconnect(eio_sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
+        self._complained.discard(eio_sid)
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and not socket.upgraded:
             socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
@@ -50,6 +135,24 @@ class HubManager(socketio.AsyncManager):
         if self.on_connected is not None:
             self.on_connected(sid, namespace)
         return result
+
+    def get_participants(self, namespace: str, room: Any) -> Iterator[tuple[str, str]]:
+        """A room's sockets, leaving out those whose connect is not answered yet.
+
+        The library puts a socket in its namespace's rooms before the connect
+        handler runs; an emit to the room while the handler awaits (a
+        broadcast of someone's presence, say) would reach a client that has
+        not yet been told it is connected. (Used by emit; the hub never closes
+        rooms.)
+        """
+        pending = self.pending_connect.get(namespace)
+        if not pending:
+            yield from super().get_participants(namespace, room)
+            return
+        waiting = set(pending)
+        for sid, eio_sid in super().get_participants(namespace, room):
+            if sid not in waiting:
+                yield sid, eio_sid
 
 
 class _UncompressedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from app.appkeys import METRICS, STORE
+from app.appkeys import METRICS, NAMESPACE, STORE
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
+    if request.app[NAMESPACE].draining:
+        checks["shutdown"] = "draining"  # a load balancer should stop sending clients here
     try:
         await asyncio.wait_for(request.app[STORE].ping(), READY_TIMEOUT_S)
         checks["database"] = "ok"

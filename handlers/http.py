@@ -1,0 +1,79 @@
+"""HTTP-level guards: a body limit for long-polling POSTs, and an access log without secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import socketio
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+SOCKETIO_PATH = "/socket.io/"
+
+# Query parameters whose values are safe to log; any other value may be a
+# token a client put in the URL, or the polling session id (which lets its
+# holder act as the session), and is written as "-".
+LOGGED_QUERY_VALUES = frozenset({"EIO", "transport", "skip", "take", "limit"})
+
+
+def polling_body_limit(
+    sio: socketio.AsyncServer, max_bytes: int
+) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+              Awaitable[web.StreamResponse]]:
+    """Refuse a long-polling POST larger than a packet may be: 413 at once, session closed.
+
+    python-engineio checks the size only after accepting the request and then
+    waits for the session's queue to drain before answering, so an oversize
+    POST hung for the ping timeout and broke the session's next request.
+    """
+    closing: set[asyncio.Task[None]] = set()
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method != "POST" or not request.path.startswith(SOCKETIO_PATH):
+            return await handler(request)
+        length = request.content_length
+        if length is not None and length <= max_bytes:
+            return await handler(request)
+        sid = request.query.get("sid")
+        if sid and sid in sio.eio.sockets:
+            task = asyncio.ensure_future(sio.eio.disconnect(sid))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+        if length is None:
+            raise web.HTTPLengthRequired(text="a polling POST needs a Content-Length")
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=length)
+
+    return middleware
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, method, path, status, size, time. No secrets.
+
+    aiohttp's default line holds the whole query string and the Referer and
+    User-Agent headers; a token passed as ``?token=`` (or in a Referer) would
+    land in the log. This one writes query values only for a few known-safe
+    keys and never writes a header.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = "&".join(
+            f"{key}={value}" if key in LOGGED_QUERY_VALUES
+            # A bare key can be a secret too (``?<token>``): only short names are written.
+            else f"{key if key.isidentifier() and len(key) <= 32 else '-'}=-"
+            for key, value in request.query.items()
+        )
+        target = f"{request.path}?{query}" if query else request.path
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote, request.method, target, response.status,
+            response.body_length, time,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
