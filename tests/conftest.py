@@ -6,6 +6,8 @@ Helpers that tests import by name are in tests/support.py.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -26,12 +28,17 @@ from tests.support import (
     SECRET,
     ChatClient,
     Connect,
+    SERVER_SCRIPT,
+    Serve,
+    Served,
     ServerFactory,
+    free_port,
     make_token,
     mysql_admin,
     mysql_url,
     server_url,
     service_missing,
+    wait_listening,
 )
 
 # -- databases --------------------------------------------------------------
@@ -103,6 +110,42 @@ async def start_server(
 @pytest.fixture
 async def server(start_server: ServerFactory) -> TestServer:
     return await start_server()
+
+
+@pytest.fixture
+async def serve(clean_database: Config, tmp_path: Path) -> AsyncIterator[Serve]:
+    """serve(**env) -> Served: `chat-server serve` as its own process on the clean test database.
+
+    For what only a real process shows: signals, its log, its exit. Each
+    process started is killed (by its pid) at teardown if still running.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(**env: str) -> Served:
+        port = free_port()
+        full_env = {
+            **os.environ,
+            "CHAT_DATABASE_URL": clean_database.database_url,
+            "CHAT_JWT_SECRET": SECRET,
+            "CHAT_PORT": str(port),
+            "CHAT_RATE_LIMIT_PER_S": "10000",
+            "CHAT_RATE_LIMIT_BURST": "10000",
+            **env,
+        }
+        log = tmp_path / f"server-{port}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [SERVER_SCRIPT, "serve"], env=full_env, stdout=out, stderr=subprocess.STDOUT
+            )
+        procs.append(proc)
+        await wait_listening(port, proc)
+        return Served(proc, f"http://127.0.0.1:{port}", port, log)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- clients ------------------------------------------------------------------

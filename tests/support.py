@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import aiohttp
 import jwt
 import pytest
 import socketio
@@ -25,6 +31,45 @@ EVENT_TIMEOUT_S = 5.0
 # Nothing listens on port 1. Only for MariaDB-backed tests: apps of two dialects
 # cannot be open at once in one process.
 UNREACHABLE_MYSQL = "mysql://root:@127.0.0.1:1/nowhere"
+
+
+SERVER_SCRIPT = str(Path(sys.executable).with_name("chat-server"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        assert proc.poll() is None, "the server exited"
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@dataclass
+class Served:
+    """A real `chat-server serve` process started by the `serve` fixture."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Serve(Protocol):
+    async def __call__(self, **env: str) -> Served: ...
 
 
 def service_missing(what: str, why: object) -> None:
@@ -58,6 +103,28 @@ async def mysql_admin(sql: str) -> None:
             await cur.execute(sql)
     finally:
         conn.close()
+
+
+async def mysql_kill_connections(database: str) -> int:
+    """KILL every connection using `database` (as a crash or a failover would); how many."""
+    import asyncmy
+
+    conn = await asyncmy.connect(**mysql_connect_kwargs(), connect_timeout=3)
+    killed = 0
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT id FROM information_schema.processlist WHERE db = %s", (database,)
+            )
+            for (conn_id,) in await cur.fetchall():
+                try:
+                    await cur.execute(f"KILL {int(conn_id)}")
+                    killed += 1
+                except Exception:  # noqa: BLE001 - it may have ended on its own
+                    pass
+    finally:
+        conn.close()
+    return killed
 
 
 def mysql_url(database: str) -> str:
@@ -155,3 +222,66 @@ async def flush(target: ChatClient, via: ChatClient) -> None:
     before = len(target.named("UserTyping"))
     await via.ok("Typing", target.user, True)
     await target.wait_for("UserTyping", before + 1)
+
+
+class RawSocket:
+    """A bare engine.io v4 WebSocket, for frames no Socket.IO client would send.
+
+    Frames are engine.io packets as text: ``"40/chat,{...}"`` is a Socket.IO
+    CONNECT to /chat, ``"42/chat,[...]"`` an EVENT; bytes go as binary frames.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._session = session
+        self.ws = ws
+        self.frames: list[str | bytes] = []
+
+    @classmethod
+    async def open(cls, url: str) -> RawSocket:
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket")
+            opened = await ws.receive_str(timeout=EVENT_TIMEOUT_S)
+        except BaseException:
+            await session.close()
+            raise
+        assert opened.startswith("0{"), opened
+        return cls(session, ws)
+
+    async def send(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            await self.ws.send_bytes(frame)
+        else:
+            await self.ws.send_str(frame)
+
+    async def connect_chat(self, token: str) -> None:
+        await self.send('40/chat,{"token":"%s"}' % token)
+
+    async def receive(self, timeout: float = EVENT_TIMEOUT_S) -> str | bytes | None:
+        """The next frame (answering pings), or None once the server has closed the socket."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                return None
+            if msg.data == "2":
+                await self.ws.send_str("3")
+                continue
+            self.frames.append(msg.data)
+            return msg.data  # type: ignore[no-any-return]
+
+    async def closed_within(self, timeout: float) -> bool:
+        """Read until the server closes the socket; False if it is still open after `timeout`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                frame = await self.receive(timeout=remaining)
+            except TimeoutError:
+                return False
+            if frame is None or frame == "1":  # a close frame, or engine.io's CLOSE packet
+                return True
+        return False
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._session.close()

@@ -3,75 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from app.config import Config
 from app.db import Database
 from models import Message
-from tests.support import SECRET, ChatClient, make_token
+from tests.support import ChatClient, Serve, make_token
 
-SERVER = str(Path(sys.executable).with_name("chat-server"))
 SENDERS = 8
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
-@pytest.fixture
-async def serve(clean_database: Config, tmp_path: Path) -> AsyncIterator:
-    """serve() -> (process, url): `chat-server serve` on the clean test database."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    async def start() -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        env = {
-            **os.environ,
-            "CHAT_DATABASE_URL": clean_database.database_url,
-            "CHAT_JWT_SECRET": SECRET,
-            "CHAT_PORT": str(port),
-            "CHAT_RATE_LIMIT_PER_S": "10000",
-            "CHAT_RATE_LIMIT_BURST": "10000",
-        }
-        log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([SERVER, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        procs.append(proc)
-        await wait_listening(port, proc)
-        return proc, f"http://127.0.0.1:{port}"
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-async def test_sigkill_mid_load_loses_no_acknowledged_message(serve, clean_database: Config) -> None:
-    proc, url = await serve()
+async def test_sigkill_mid_load_loses_no_acknowledged_message(
+    serve: Serve, clean_database: Config
+) -> None:
+    served = await serve()
+    proc, url = served.proc, served.url
     acked: dict[str, str] = {}  # clientMessageId -> message id
     clients = [ChatClient(f"sender{i}") for i in range(SENDERS)]
     for c in clients:
