@@ -37,7 +37,7 @@ class Config:
     # When set, a token must carry this `aud` / `iss` (PyJWT checks them).
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    # Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+    # Seconds of clock skew allowed on `exp` and `nbf`.
     jwt_leeway_s: int = 0
     dev_mode: bool = False
     cors_origins: tuple[str, ...] = ()
