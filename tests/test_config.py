@@ -29,6 +29,22 @@ def test_defaults_and_values_from_environment() -> None:
     assert Config.from_env({"CHAT_JWT_SECRET": SECRET}).database_url.startswith("sqlite://data/")
 
 
+def test_limits_and_token_checks_from_environment() -> None:
+    default = Config.from_env({"CHAT_JWT_SECRET": SECRET})
+    assert (default.max_sockets_per_user, default.handshake_timeout_s, default.shutdown_grace_s,
+            default.jwt_audience, default.jwt_issuer, default.jwt_leeway_s) == (
+        20, 10.0, 10.0, None, None, 0)
+    config = Config.from_env({
+        "CHAT_JWT_SECRET": SECRET, "CHAT_MAX_SOCKETS_PER_USER": "5",
+        "CHAT_HANDSHAKE_TIMEOUT_S": "3", "CHAT_SHUTDOWN_GRACE_S": "30",
+        "CHAT_JWT_AUDIENCE": "chat-app", "CHAT_JWT_ISSUER": "https://id.example",
+        "CHAT_JWT_LEEWAY_S": "15",
+    })
+    assert (config.max_sockets_per_user, config.handshake_timeout_s, config.shutdown_grace_s,
+            config.jwt_audience, config.jwt_issuer, config.jwt_leeway_s) == (
+        5, 3.0, 30.0, "chat-app", "https://id.example", 15)
+
+
 @pytest.mark.parametrize(
     ("env", "key"),
     [
@@ -42,6 +58,10 @@ def test_defaults_and_values_from_environment() -> None:
         ({"CHAT_JWT_ALGORITHM": "RS256"}, "CHAT_JWT_PUBLIC_KEY"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_DEV": "maybe"}, "CHAT_DEV"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_PRESENCE_SCOPE": "friends"}, "CHAT_PRESENCE_SCOPE"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_MAX_SOCKETS_PER_USER": "0"}, "CHAT_MAX_SOCKETS_PER_USER"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_HANDSHAKE_TIMEOUT_S": "x"}, "CHAT_HANDSHAKE_TIMEOUT_S"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_SHUTDOWN_GRACE_S": "-1"}, "CHAT_SHUTDOWN_GRACE_S"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_JWT_LEEWAY_S": "soon"}, "CHAT_JWT_LEEWAY_S"),
     ],
 )
 def test_bad_configuration_names_the_key(env: dict[str, str], key: str) -> None:
