@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from asyncmy.errors import MySQLError
 from tortoise import context as tortoise_context
@@ -96,9 +97,25 @@ def migrations_location(config: Config) -> Path:
     return MIGRATIONS_DIR / config.dialect
 
 
-async def migrate(config: Config) -> list[str]:
-    """Apply pending aerich migrations; return the names of those applied."""
+# How long `migrate` waits for another instance's migrate to finish.
+MIGRATE_LOCK_WAIT_S = 300
 
+
+async def migrate(config: Config) -> list[str]:
+    """Apply pending aerich migrations; return the names of those applied.
+
+    Instances started together may each run ``chat-server migrate``. aerich
+    does not guard against that: both see the migration pending and both
+    apply it. So the whole upgrade runs under a lock that the database itself
+    holds for us: MySQL's GET_LOCK (named after the database), or an exclusive
+    lock on a file beside the SQLite database. The second runner waits, then
+    finds nothing pending.
+    """
+    async with _migrate_lock(config):
+        return await _upgrade(config)
+
+
+async def _upgrade(config: Config) -> list[str]:
     async def run() -> list[str]:
         from aerich import Command
 
@@ -111,6 +128,45 @@ async def migrate(config: Config) -> list[str]:
 
     # aerich initialises Tortoise's context-local state; keep it out of the caller's.
     return await asyncio.create_task(run(), context=contextvars.Context())
+
+
+@asynccontextmanager
+async def _migrate_lock(config: Config) -> AsyncIterator[None]:
+    parts = urlsplit(config.database_url)
+    if config.dialect == "sqlite":
+        path = Path(parts.netloc + parts.path)
+        if path.parent != Path("."):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.migrate-lock", "a+b") as lock_file:
+            await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        return
+    import asyncmy
+
+    database = parts.path.lstrip("/")
+    name = f"chat-server migrate {database}"[:64]  # GET_LOCK names are server-wide
+    conn = await asyncmy.connect(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+        user=unquote(parts.username or "root"), password=unquote(parts.password or ""),
+        connect_timeout=10,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT GET_LOCK(%s, %s)", (name, MIGRATE_LOCK_WAIT_S))
+            (got,) = await cur.fetchone()
+            if got != 1:
+                raise ConfigError(
+                    f"CHAT_DATABASE_URL: another migrate held the lock for {MIGRATE_LOCK_WAIT_S} s"
+                )
+            try:
+                yield
+            finally:
+                await cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+    finally:
+        conn.close()
 
 
 class Database:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from app.config import Config
 from app.db import APP_LABEL, Database, migrate, migrations_location, tortoise_config
 from models import Message
-from tests.support import SECRET, mysql_admin, mysql_connect_kwargs, mysql_url
+from tests.support import SECRET, SERVER_SCRIPT, mysql_admin, mysql_connect_kwargs, mysql_url
 
 
 async def _pending_changes(config: Config, tmp_path: Path) -> str:
@@ -86,3 +87,43 @@ def test_each_dialect_has_its_own_migration_set(dialect: str) -> None:
     location = migrations_location(Config(database_url=url, jwt_secret=SECRET))
     assert location.name == dialect
     assert sorted(p.name for p in (location / APP_LABEL).glob("0_*.py"))
+
+
+async def _migrate_twice_at_once(database_url: str, tmp_path: Path) -> list[str]:
+    """Two `chat-server migrate` processes started together; their outputs, both exit 0."""
+    env = {**os.environ, "CHAT_DATABASE_URL": database_url, "CHAT_JWT_SECRET": SECRET}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            SERVER_SCRIPT, "migrate", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
+    outputs = [(await p.communicate())[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
+def _applied_once(outputs: list[str]) -> None:
+    applied = [o for o in outputs if "migrations applied: none pending" not in o]
+    assert len(applied) == 1, outputs
+
+
+async def test_two_migrates_at_once_on_an_empty_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/race.sqlite3"
+    _applied_once(await _migrate_twice_at_once(url, tmp_path))
+    assert await migrate(Config(database_url=url, jwt_secret=SECRET)) == []
+
+
+async def test_two_migrates_at_once_on_an_empty_mariadb_database(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    name = f"chat_race_{tmp_path.name[-8:].replace('-', '_')}"
+    await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+    await mysql_admin(f"CREATE DATABASE `{name}`")
+    try:
+        url = mysql_url(name)
+        _applied_once(await _migrate_twice_at_once(url, tmp_path))
+        assert await migrate(Config(database_url=url, jwt_secret=SECRET)) == []
+    finally:
+        await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
