@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from app.appkeys import DB
 from app.config import Config
 from app.db import Database, migrate
 from app.main import create_app
@@ -32,6 +31,7 @@ from tests.support import (
     Serve,
     Served,
     ServerFactory,
+    db_snapshot,
     free_port,
     make_token,
     mysql_admin,
@@ -186,13 +186,7 @@ def db_state(server: TestServer) -> Callable[[], Awaitable[dict[str, Any]]]:
     """A snapshot of what is stored, to show that a failed call changed nothing."""
 
     async def snapshot() -> dict[str, Any]:
-        with server.app[DB].bound():
-            return {
-                "messages": await Message.all().order_by("id").values(),
-                "conversations": await Conversation.all().order_by("id").values(),
-                "users": await User.all().order_by("id").values(),
-                "counter": await Counter.all().values(),
-            }
+        return await db_snapshot(server)
 
     return snapshot
 

@@ -149,6 +149,20 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 Connect = Callable[..., Awaitable["ChatClient"]]
 
 
+async def db_snapshot(server: TestServer) -> dict[str, Any]:
+    """Everything the server has stored, to show that a refused call changed nothing."""
+    from app.appkeys import DB
+    from models import Conversation, Counter, Message, User
+
+    with server.app[DB].bound():
+        return {
+            "messages": await Message.all().order_by("id").values(),
+            "conversations": await Conversation.all().order_by("id").values(),
+            "users": await User.all().order_by("id").values(),
+            "counter": await Counter.all().values(),
+        }
+
+
 def server_url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 

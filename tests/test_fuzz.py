@@ -21,11 +21,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.appkeys import DB
 from handlers.chat import ChatNamespace
 from handlers.routing import Param, routes_of
-from models import Conversation, Counter, Message, User
-from tests.support import ChatClient, Connect, ServerFactory
+from tests.support import ChatClient, Connect, ServerFactory, db_snapshot
 
 # What a refusal may say here. Not `internal`, ever; not `unavailable` or
 # `rate_limited` either: the database is up and the budget unlimited, so
@@ -155,13 +153,7 @@ async def fuzz_target(
     real = {MESSAGE_ID: first, CURSOR: cursor}
 
     async def snapshot() -> dict[str, Any]:
-        with server.app[DB].bound():
-            return {
-                "messages": await Message.all().order_by("id").values(),
-                "conversations": await Conversation.all().order_by("id").values(),
-                "users": await User.all().order_by("id").values(),
-                "counter": await Counter.all().values(),
-            }
+        return await db_snapshot(server)
 
     return server, alice, real, snapshot
 

@@ -52,6 +52,18 @@ async def refused(url: str, user: str, token: str | None = None) -> Any:
     return client.connect_error["data"]  # what socket.io-client hands over as err.data
 
 
+async def closes_after(url: str, frame: str | bytes) -> bool:
+    """Join /chat on a bare socket, send `frame`: whether the server then closes the socket."""
+    raw = await RawSocket.open(url)
+    try:
+        await raw.connect_chat(make_token("mallory"))
+        assert (await raw.receive() or "").startswith("40/chat,")
+        await raw.send(frame)
+        return await raw.closed_within(3)
+    finally:
+        await raw.close()
+
+
 async def metric(url: str, line_start: str) -> float:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
         text = await r.text()
@@ -83,17 +95,9 @@ async def test_only_the_chat_namespace_exists(server: TestServer) -> None:
     ids=["binary-frame", "binary-event", "binary-ack"],
 )
 async def test_binary_frames_close_the_socket(server: TestServer, frame: str | bytes) -> None:
-    url = server_url(server)
-    raw = await RawSocket.open(url)
-    try:
-        await raw.connect_chat(make_token("mallory"))
-        assert (await raw.receive() or "").startswith("40/chat,")
-        await raw.send(frame)
-        # Whatever attachments were to follow are never buffered: the socket is gone.
-        assert await raw.closed_within(3), raw.frames
-    finally:
-        await raw.close()
-    assert await metric(url, 'chat_protocol_errors_total{kind="binary frame"}') == 1
+    # Whatever attachments were to follow are never buffered: the socket is gone.
+    assert await closes_after(server_url(server), frame)
+    assert await metric(server_url(server), 'chat_protocol_errors_total{kind="binary frame"}') == 1
 
 
 @SQLITE
@@ -127,14 +131,7 @@ async def test_a_session_that_never_joins_chat_is_closed(start_server: ServerFac
     ],
 )
 async def test_malformed_packets_close_the_socket(server: TestServer, frame: str) -> None:
-    raw = await RawSocket.open(server_url(server))
-    try:
-        await raw.connect_chat(make_token("mallory"))
-        assert (await raw.receive() or "").startswith("40/chat,")
-        await raw.send(frame)
-        assert await raw.closed_within(3), raw.frames
-    finally:
-        await raw.close()
+    assert await closes_after(server_url(server), frame)
 
 
 async def test_nothing_reaches_a_socket_before_its_connect_answer(
