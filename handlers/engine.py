@@ -129,12 +129,25 @@ class HubManager(socketio.AsyncManager):
     def __init__(self) -> None:
         super().__init__()
         self.on_connected: Callable[[str, str], None] | None = None
+        # Sockets whose connect handler runs but whose CONNECT is not sent yet.
+        self._unanswered: set[str] = set()
+
+    async def pre_connect(self, eio_sid: str, namespace: str) -> Any:
+        sid = await super().pre_connect(eio_sid, namespace)
+        if sid is not None:
+            self._unanswered.add(sid)
+        return sid
 
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
+        self._unanswered.discard(sid)
         if self.on_connected is not None:
             self.on_connected(sid, namespace)
         return result
+
+    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> Any:
+        self._unanswered.discard(sid)  # a refused connect ends here
+        return await super().disconnect(sid, namespace, **kwargs)
 
     def get_participants(self, namespace: str, room: Any) -> Iterator[tuple[str, str]]:
         """A room's sockets, leaving out those whose connect is not answered yet.
@@ -145,13 +158,12 @@ class HubManager(socketio.AsyncManager):
         not yet been told it is connected. (Used by emit; the hub never closes
         rooms.)
         """
-        pending = self.pending_connect.get(namespace)
-        if not pending:
+        unanswered = self._unanswered
+        if not unanswered:
             yield from super().get_participants(namespace, room)
             return
-        waiting = set(pending)
         for sid, eio_sid in super().get_participants(namespace, room):
-            if sid not in waiting:
+            if sid not in unanswered:
                 yield sid, eio_sid
 
 
