@@ -22,6 +22,19 @@ NAME_CLAIM_MAX = 100
 AVATAR_CLAIM_MAX = 1024
 
 
+# What a refused token is told, most specific first (the signature and expiry
+# errors are DecodeErrors too).
+_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.InvalidSignatureError, "invalid token signature"),
+    (jwt.InvalidAlgorithmError, "token algorithm not allowed"),
+    (jwt.InvalidAudienceError, "token audience not accepted"),
+    (jwt.InvalidIssuerError, "token issuer not accepted"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
 @dataclass(frozen=True)
 class Identity:
     user_id: str
@@ -60,23 +73,12 @@ class TokenVerifier:
                 # Without a configured audience a token's `aud` is not ours to judge.
                 options={"require": self._required, "verify_aud": self._audience is not None},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthorized("invalid token signature") from None
-        except jwt.InvalidAlgorithmError:
-            raise Unauthorized("token algorithm not allowed") from None
         except jwt.MissingRequiredClaimError as e:
             raise Unauthorized(f"token has no {e.claim} claim") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthorized("token audience not accepted") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthorized("token issuer not accepted") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("token not yet valid") from None
-        except jwt.DecodeError:
-            raise Unauthorized("malformed token") from None
-        except Exception:  # any other library complaint is still just a bad token
+        except Exception as e:  # any library complaint is a bad token, said in client-safe words
+            for kind, why in _REFUSALS:
+                if isinstance(e, kind):
+                    raise Unauthorized(why) from None
             logger.debug("token rejected", exc_info=True)
             raise Unauthorized("invalid token") from None
         return _identity(claims, self._leeway)

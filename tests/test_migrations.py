@@ -6,6 +6,8 @@ import asyncio
 import contextvars
 import os
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -51,16 +53,23 @@ async def test_sqlite_schema_builds_from_empty_and_matches_models(tmp_path: Path
     await _check_from_empty(config, tmp_path)
 
 
-async def test_mariadb_schema_builds_from_empty_and_matches_models(
-    tmp_path: Path, mariadb_url: str
-) -> None:
-    name = f"chat_migrate_{tmp_path.name[-8:].replace('-', '_')}"
+@asynccontextmanager
+async def empty_mariadb(prefix: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a new, empty MariaDB database, dropped afterwards."""
+    name = f"{prefix}_{tmp_path.name[-8:].replace('-', '_')}"
     await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
     await mysql_admin(f"CREATE DATABASE `{name}`")
     try:
-        await _check_from_empty(Config(database_url=mysql_url(name), jwt_secret=SECRET), tmp_path)
+        yield mysql_url(name)
     finally:
         await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+async def test_mariadb_schema_builds_from_empty_and_matches_models(
+    tmp_path: Path, mariadb_url: str
+) -> None:
+    async with empty_mariadb("chat_migrate", tmp_path) as url:
+        await _check_from_empty(Config(database_url=url, jwt_secret=SECRET), tmp_path)
 
 
 async def test_mariadb_tables_compare_ids_byte_for_byte(mariadb_url: str) -> None:
@@ -118,12 +127,6 @@ async def test_two_migrates_at_once_on_an_empty_sqlite_file(tmp_path: Path) -> N
 async def test_two_migrates_at_once_on_an_empty_mariadb_database(
     tmp_path: Path, mariadb_url: str
 ) -> None:
-    name = f"chat_race_{tmp_path.name[-8:].replace('-', '_')}"
-    await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
-    await mysql_admin(f"CREATE DATABASE `{name}`")
-    try:
-        url = mysql_url(name)
+    async with empty_mariadb("chat_race", tmp_path) as url:
         _applied_once(await _migrate_twice_at_once(url, tmp_path))
         assert await migrate(Config(database_url=url, jwt_secret=SECRET)) == []
-    finally:
-        await mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
