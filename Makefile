@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test migrate token clean bench
+.PHONY: setup run test migrate token clean bench cluster
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml constraints.txt client-demo/package-lock.json
 run: setup
 	CHAT_DEV=1 $(BIN)/chat-server migrate
 	CHAT_DEV=1 $(BIN)/chat-server serve
+
+# nginx on 127.0.0.1:8080 in front of two instances (8081, 8082) on the local
+# MariaDB (database chat_cluster) and Redis, in dev mode with the demo page.
+cluster: setup
+	$(BIN)/chat-server cluster
 
 migrate: setup
 	CHAT_DEV=1 $(BIN)/chat-server migrate

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import socketio
 from aiohttp import web
+from redis.asyncio import Redis
 
 if TYPE_CHECKING:
     from app.auth import TokenVerifier
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from app.presence import Presence
     from app.service import ChatService
     from app.store import MessageStore
+    from handlers.backplane import RedisHubManager
     from handlers.chat import ChatNamespace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -26,3 +28,6 @@ PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 CHAT: web.AppKey[ChatService] = web.AppKey("chat")
 NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
+# Only with CHAT_REDIS_URL: the presence client and the Socket.IO backplane.
+REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
+BACKPLANE: web.AppKey[RedisHubManager] = web.AppKey("backplane")

@@ -13,6 +13,7 @@ from aiohttp import web
 from app.auth import DEFAULT_TOKEN_TTL_S, TokenVerifier
 from app.config import Config, ConfigError
 from app.db import migrate
+from app.devcluster import run_cluster
 from app.errors import InvalidArgument
 from app.logs import configure_logging
 from app.main import create_app
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve on CHAT_HOST:CHAT_PORT")
     sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("cluster", help="dev: nginx + two instances on MariaDB and Redis (make cluster)")
     token = sub.add_parser("token", help="print a signed token for a user")
     token.add_argument("user_id")
     token.add_argument("--name", help="display name claim")
@@ -38,15 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     configure_logging("INFO")
+    if args.command == "cluster":
+        return run_cluster()
     try:
         config = Config.from_env()
     except ConfigError as e:
         print(f"chat-server: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(config.log_level)
+    configure_logging(config.log_level, config.instance_id if config.redis_url else None)
 
     if args.command == "serve":
-        logger.info("serving on http://%s:%s (database: %s)", config.host, config.port, config.dialect)
+        logger.info(
+            "serving on http://%s:%s (database: %s, %s)", config.host, config.port, config.dialect,
+            f"instance {config.instance_id} over Redis" if config.redis_url else "one instance",
+        )
         # uvloop's event loop: the profile spends much of each message in loop plumbing.
         web.run_app(
             create_app(config), host=config.host, port=config.port, print=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 HMAC_ALGORITHMS = frozenset(HMAC_MIN_SECRET_BYTES)
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 PRESENCE_SCOPES = frozenset({"all", "contacts"})
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 class ConfigError(ValueError):
@@ -30,7 +32,12 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str = DEFAULT_DATABASE_URL
+    # Set: several instances share sockets and presence over this Redis (the backplane).
     redis_url: str | None = None
+    # This process among the instances: in logs, metrics and Redis presence.
+    instance_id: str = field(default_factory=lambda: default_instance_id())
+    # An instance whose heartbeat is this old is dead: its users are announced offline.
+    instance_ttl_s: float = 15.0
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithm: str = "HS256"
@@ -81,6 +88,8 @@ class Config:
             port=_int(env, "CHAT_PORT", 8080, 0, 65535),
             database_url=env.get("CHAT_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("CHAT_REDIS_URL") or None,
+            instance_id=_instance_id(env),
+            instance_ttl_s=float(_int(env, "CHAT_INSTANCE_TTL_S", 15, 2, 3600)),
             jwt_secret=secret,
             jwt_public_key=public_key,
             jwt_algorithm=algorithm,
@@ -107,12 +116,16 @@ class Config:
         if not self.database_url.startswith(("sqlite://", "mysql://")):
             raise ConfigError("CHAT_DATABASE_URL: must start with sqlite:// or mysql://")
         if self.redis_url is not None:
-            # Refuse rather than ignore: a second instance without the backplane
-            # would silently split users between processes.
-            raise ConfigError(
-                "CHAT_REDIS_URL: the Redis backplane is not available in this version; "
-                "run a single instance and leave CHAT_REDIS_URL unset"
-            )
+            if not self.redis_url.startswith(REDIS_SCHEMES):
+                raise ConfigError(
+                    f"CHAT_REDIS_URL: must start with one of {', '.join(REDIS_SCHEMES)}"
+                )
+            if self.dialect != "mysql":
+                # Instances must share one database; an embedded SQLite file is one machine's.
+                raise ConfigError(
+                    "CHAT_REDIS_URL: several instances need a shared database; "
+                    "set CHAT_DATABASE_URL to mysql://…"
+                )
         if self.jwt_algorithm in ASYMMETRIC_ALGORITHMS:
             if not self.jwt_public_key:
                 raise ConfigError(
@@ -154,6 +167,20 @@ def dev_secret(path: Path = DEV_SECRET_FILE) -> str:
         path,
     )
     return secret
+
+
+def default_instance_id() -> str:
+    """Host, pid and a random part: a restarted process is a new instance."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def _instance_id(env: Mapping[str, str]) -> str:
+    raw = env.get("CHAT_INSTANCE_ID", "").strip()
+    if not raw:
+        return default_instance_id()
+    if len(raw) > 64 or not all(c.isalnum() or c in "-_.:" for c in raw):
+        raise ConfigError("CHAT_INSTANCE_ID: at most 64 letters, digits and -_.:")
+    return raw
 
 
 def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:

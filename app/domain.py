@@ -142,22 +142,23 @@ class Notice:
     """An event and who must hear it.
 
     ``users``: every connection of these users; ``None`` means every connected
-    user. ``connections``: these connections as well (each hears it once). ``except_caller``: not the connection that made the call (it learns
-    the result from its own answer). ``caller_only``: just that connection.
+    user. ``watchers_of``: also every connection that watches these users'
+    presence (SubscribePresence); each connection hears it once.
+    ``except_caller``: not the connection that made the call (it learns the
+    result from its own answer). ``caller_only``: just that connection.
     """
 
     event: Event
     users: tuple[str, ...] | None = ()
     except_caller: bool = False
     caller_only: bool = False
-    # Particular connections too (those that subscribed to a user's presence).
-    connections: tuple[str, ...] = ()
+    watchers_of: tuple[str, ...] = ()
 
     @classmethod
     def to_users(
-        cls, event: Event, *users: str, except_caller: bool = False, connections: tuple[str, ...] = ()
+        cls, event: Event, *users: str, except_caller: bool = False, watchers_of: tuple[str, ...] = ()
     ) -> Notice:
-        return cls(event, tuple(dict.fromkeys(users)), except_caller, connections=connections)
+        return cls(event, tuple(dict.fromkeys(users)), except_caller, watchers_of=watchers_of)
 
     @classmethod
     def to_everyone(cls, event: Event, *, except_caller: bool = False) -> Notice:

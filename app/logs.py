@@ -30,7 +30,9 @@ class ClientMistakeFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str | int = "INFO") -> None:
-    logging.basicConfig(level=level, format=FORMAT)
+def configure_logging(level: str | int = "INFO", instance: str | None = None) -> None:
+    """One format for every logger; with several instances, each line names its instance."""
+    fmt = FORMAT if instance is None else FORMAT.replace("%(name)s", f"[{instance}] %(name)s")
+    logging.basicConfig(level=level, format=fmt, force=True)
     logging.getLogger().setLevel(level)
     logging.getLogger("aiohttp.server").addFilter(ClientMistakeFilter())

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from redis.asyncio import Redis
 
-from app.appkeys import CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, SIO, STORE, VERIFIER
+from app.appkeys import (
+    BACKPLANE, CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, REDIS, SIO, STORE, VERIFIER,
+)
 from app.auth import TokenVerifier
+from app.cluster import MAINTAIN_EVERY_S, REDIS_TIMEOUT_S, ClusterPresence
 from app.config import Config
 from app.db import Database
 from app.metrics import Metrics
-from app.presence import presence_from_config
+from app.presence import Audience, LocalPresence, Presence
 from app.service import ChatService
 from app.store import MessageStore
 from handlers import health
+from handlers.backplane import RedisHubManager
 from handlers.chat import NAMESPACE as HUB_NAMESPACE
 from handlers.chat import ChatNamespace
 from handlers.engine import (
@@ -39,16 +45,40 @@ def create_app(config: Config) -> web.Application:
     """Wire the domain to its edges. Resources open and close in the cleanup contexts."""
     app = web.Application()
     app[CONFIG] = config
-    app[METRICS] = metrics = Metrics()
+    clustered = config.redis_url is not None
+    app[METRICS] = metrics = Metrics(config.instance_id if clustered else None)
     app[DB] = db = Database(config)
     app[STORE] = store = MessageStore(
         db, config.call_timeout_s, config.dialect, on_batch=metrics.write_batch.observe
     )
-    app[PRESENCE] = presence = presence_from_config(config, store)
+    audience = Audience(config.presence_scope, store)
+    presence: Presence
+    if config.redis_url is not None:
+        app[REDIS] = redis = Redis.from_url(
+            config.redis_url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            socket_keepalive=True,
+        )
+        presence = ClusterPresence(
+            audience, redis, config.instance_id, config.instance_ttl_s,
+            on_reaped=metrics.presence_reaped.inc,
+        )
+    else:
+        presence = LocalPresence(audience)
+    app[PRESENCE] = presence
     app[CHAT] = chat = ChatService(store, presence, metrics)
     app[VERIFIER] = verifier = TokenVerifier(config)
 
-    manager = HubManager()
+    manager: HubManager | RedisHubManager
+    if config.redis_url is not None:
+        manager = app[BACKPLANE] = RedisHubManager(
+            config.redis_url,
+            on_publish_failure=metrics.publish_failures.inc,
+            on_reconnect=metrics.redis_reconnects.inc,
+        )
+    else:
+        manager = HubManager()
     sio = HubServer(
         async_mode="aiohttp",
         client_manager=manager,
@@ -65,6 +95,8 @@ def create_app(config: Config) -> web.Application:
     set_websocket_compression(sio, config.ws_compression)
     namespace = ChatNamespace(config, chat, presence, verifier, metrics)
     manager.on_connected = namespace.connected
+    if isinstance(manager, RedisHubManager):
+        manager.on_missed = namespace.sync_required
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
     app.middlewares.append(polling_body_limit(sio, config.max_packet_bytes))
@@ -72,6 +104,8 @@ def create_app(config: Config) -> web.Application:
     app[NAMESPACE] = namespace
 
     app.cleanup_ctx.append(orm_ctx)
+    if config.redis_url is not None:
+        app.cleanup_ctx.append(cluster_ctx)  # Redis closes after presence has said goodbye
     app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
     app.on_shutdown.append(drain_hub)
@@ -104,6 +138,35 @@ async def sio_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[NAMESPACE].close()
     await app[SIO].shutdown()
+
+
+async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Several instances: the presence heartbeat, and the backplane closed last.
+
+    Each second the heartbeat renews this instance's, re-asserts its
+    connections after a Redis outage, and finds instances that died without a
+    goodbye; whoever those changes bring online or take offline is announced.
+    """
+    presence, namespace = app[PRESENCE], app[NAMESPACE]
+    assert isinstance(presence, ClusterPresence)
+
+    async def heartbeat() -> None:
+        while True:
+            try:
+                notices = await presence.maintain()
+                if notices:
+                    await namespace.announce(notices)
+            except Exception:  # noqa: BLE001 - never let the heartbeat die
+                logger.exception("presence heartbeat failed")
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+
+    await presence.maintain()  # register before the first client arrives
+    task = asyncio.ensure_future(heartbeat())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await app[BACKPLANE].close()
+    await app[REDIS].aclose()
 
 
 async def drain_hub(app: web.Application) -> None:

@@ -9,8 +9,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, instance_id: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Each instance serves its own /metrics; this names it (Prometheus adds host:port).
+        self.instance = Gauge(
+            "chat_instance_info", "This instance (1)", ["instance_id"], registry=self.registry
+        )
+        if instance_id is not None:
+            self.instance.labels(instance_id).set(1)
         self.connections = Gauge(
             "chat_connections", "Open Socket.IO connections to /chat", registry=self.registry
         )
@@ -40,6 +46,23 @@ class Metrics:
         self.write_batch = Histogram(
             "chat_write_batch_size", "Writes committed together in one group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )
+
+        self.publish_failures = Counter(
+            "chat_backplane_publish_failures", "Emits the other instances did not get (Redis away)",
+            registry=self.registry,
+        )
+        self.redis_reconnects = Counter(
+            "chat_backplane_reconnects", "Times the backplane listener subscribed again after a gap",
+            registry=self.registry,
+        )
+        self.sync_required = Counter(
+            "chat_sync_required", "SyncRequired broadcasts after a backplane gap", ["scope"],
+            registry=self.registry,
+        )
+        self.presence_reaped = Counter(
+            "chat_presence_reaped", "Users announced offline because their instance died",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -3,9 +3,9 @@
 A user is online while at least one of their connections is open. The
 presence service is the one owner of that fact: the edge reports connections
 opening and closing (by an opaque connection id), and gets back the notices
-to send; everybody else asks it questions. ``presence_from_config`` builds the
-one the deployment needs: today the in-process ``LocalPresence``; a Redis
-implementation of the same ``Presence`` interface spans instances.
+to send; everybody else asks it questions. The app factory picks the one the
+deployment needs: the in-process ``LocalPresence``, or with Redis the
+cluster-wide ``ClusterPresence`` (app/cluster.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from app.config import Config
 from app.domain import Notice, PresenceChanged
 from app.store import MessageStore
 
@@ -31,9 +30,6 @@ class Presence(Protocol):
     async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
         """Forget a connection; on the user's last, the notices announcing them offline."""
 
-    async def subscribe(self, connection_id: str, user_ids: Iterable[str]) -> dict[str, bool]:
-        """Replace what this connection watches; say who of them is online now."""
-
     async def is_online(self, user_id: str) -> bool: ...
 
     async def online_users(self) -> list[str]: ...
@@ -47,17 +43,15 @@ class Audience:
     """Who hears that a user came or went.
 
     Scope ``contacts`` (the default): the people who share a conversation with
-    them, plus the connections that subscribed to them. Scope ``all``: every
-    connected user, which costs O(connections) per change.
+    them, plus the connections that watch them (SubscribePresence). Scope
+    ``all``: every connected user, which costs O(connections) per change.
     """
 
     def __init__(self, scope: str, store: MessageStore) -> None:
         self._scope = scope
         self._store = store
 
-    async def notices(
-        self, user_id: str, online: bool, subscribers: Iterable[str] = ()
-    ) -> tuple[Notice, ...]:
+    async def notices(self, user_id: str, online: bool) -> tuple[Notice, ...]:
         event = PresenceChanged(user_id, online)
         # A connection that just arrived is not told of its own arrival; one that
         # leaves is gone, so telling it or not makes no difference.
@@ -65,11 +59,10 @@ class Audience:
         if self._scope == "all":
             return (Notice.to_everyone(event, except_caller=except_caller),)
         contacts = await self._store.peers(user_id)
-        watchers = tuple(subscribers)
-        if not contacts and not watchers:
-            return ()
         return (
-            Notice.to_users(event, *contacts, except_caller=except_caller, connections=watchers),
+            Notice.to_users(
+                event, *contacts, except_caller=except_caller, watchers_of=(user_id,)
+            ),
         )
 
 
@@ -79,9 +72,6 @@ class LocalPresence:
     def __init__(self, audience: Audience) -> None:
         self._audience = audience
         self._connections: dict[str, set[str]] = {}
-        # Presence subscriptions, both ways: connection -> users, user -> connections.
-        self._watching: dict[str, frozenset[str]] = {}
-        self._watchers: dict[str, set[str]] = {}
 
     async def connect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
         conns = self._connections.setdefault(user_id, set())
@@ -90,34 +80,16 @@ class LocalPresence:
         if not first:
             return ()
         try:
-            return await self._audience.notices(user_id, True, self._watchers.get(user_id, ()))
+            return await self._audience.notices(user_id, True)
         except BaseException:
             # The edge refuses a connection whose connect failed: forget it.
             self._forget(user_id, connection_id)
             raise
 
     async def disconnect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
-        self._unsubscribe(connection_id)
         if not self._forget(user_id, connection_id):
             return ()
-        return await self._audience.notices(user_id, False, self._watchers.get(user_id, ()))
-
-    async def subscribe(self, connection_id: str, user_ids: Iterable[str]) -> dict[str, bool]:
-        self._unsubscribe(connection_id)
-        wanted = frozenset(user_ids)
-        if wanted:
-            self._watching[connection_id] = wanted
-            for user_id in wanted:
-                self._watchers.setdefault(user_id, set()).add(connection_id)
-        return {user_id: user_id in self._connections for user_id in wanted}
-
-    def _unsubscribe(self, connection_id: str) -> None:
-        for user_id in self._watching.pop(connection_id, ()):
-            watchers = self._watchers.get(user_id)
-            if watchers is not None:
-                watchers.discard(connection_id)
-                if not watchers:
-                    del self._watchers[user_id]
+        return await self._audience.notices(user_id, False)
 
     def _forget(self, user_id: str, connection_id: str) -> bool:
         """Drop one connection; True when it was the user's last."""
@@ -141,10 +113,3 @@ class LocalPresence:
 
     async def close(self) -> None:
         self._connections.clear()
-        self._watching.clear()
-        self._watchers.clear()
-
-
-def presence_from_config(config: Config, store: MessageStore) -> Presence:
-    """The presence service this deployment needs."""
-    return LocalPresence(Audience(config.presence_scope, store))

@@ -9,6 +9,7 @@ which users must hear it. The edges (handlers/) deliver them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from app.domain import (
     ChangePosition,
@@ -197,14 +198,20 @@ class ChatService:
         ]
 
     async def subscribe_presence(
-        self, caller: str, connection_id: str, user_ids: list[object]
+        self, user_ids: list[object], watch: Callable[[frozenset[str]], Awaitable[None]]
     ) -> dict[str, str]:
-        """Watch these users' presence from this connection (replacing what it watched)."""
+        """Watch these users' presence (replacing what was watched); who of them is online now.
+
+        ``watch`` is the edge's: it makes the caller's connection hear these
+        users' changes from now on. It runs before the read, so a change
+        between the two is heard rather than lost.
+        """
         if len(user_ids) > SUBSCRIBE_MAX:
             raise InvalidArgument(f"userIds must hold at most {SUBSCRIBE_MAX} user ids")
         wanted = [check_user_id(u, "userIds[]") for u in user_ids]
-        online = await self._presence.subscribe(connection_id, wanted)
-        return {u: "Online" if online[u] else "Offline" for u in wanted}
+        await watch(frozenset(wanted))
+        online = await self._presence.online_among(wanted)
+        return {u: "Online" if u in online else "Offline" for u in wanted}
 
     async def is_online(self, user_id: str) -> bool:
         return await self._presence.is_online(check_user_id(user_id, "userId"))

@@ -36,12 +36,18 @@ T = TypeVar("T")
 
 NAMESPACE = "/chat"
 WELCOME = "Welcome to the chat!"
+SYNC_REQUIRED = "SyncRequired"
 # Of the shutdown grace, the part kept for closing sockets once calls are done.
 SOCKET_CLOSE_S = 1.0
 
 
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
+
+
+def watch_room(user_id: str) -> str:
+    """The connections watching this user's presence (SubscribePresence)."""
+    return f"watch:{user_id}"
 
 
 @dataclass
@@ -53,6 +59,7 @@ class Caller:
     # Presence notices held until the socket's own connect has been answered.
     arrival: tuple[Notice, ...] = ()
     expiry: asyncio.TimerHandle | None = None
+    watching: frozenset[str] = frozenset()
 
     @property
     def user_id(self) -> str:
@@ -248,7 +255,20 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     # -- delivery ---------------------------------------------------------
 
-    async def _deliver(self, caller_sid: str, notices: Iterable[Notice]) -> None:
+    async def announce(self, notices: Iterable[Notice]) -> None:
+        """Deliver notices no call raised (presence found by the cluster heartbeat)."""
+        await self._deliver(None, notices)
+
+    async def sync_required(self, everyone: bool) -> None:
+        """Tell sockets that live events may have passed them by: their clients call Sync.
+
+        ``everyone``: every socket of the cluster (this instance's publishes
+        were lost); otherwise only this instance's (its listener was deaf).
+        """
+        self._metrics.sync_required.labels("cluster" if everyone else "instance").inc()
+        await self.emit(SYNC_REQUIRED, ignore_queue=not everyone)
+
+    async def _deliver(self, caller_sid: str | None, notices: Iterable[Notice]) -> None:
         """Emit each notice to the rooms of the users it names, in order."""
         for notice in notices:
             name, args = server_event(notice.event)
@@ -257,9 +277,10 @@ class ChatNamespace(socketio.AsyncNamespace):
                 await self.emit(name, args, to=caller_sid)
             elif notice.users is None:
                 await self.emit(name, args, skip_sid=skip)
-            elif notice.users or notice.connections:
-                # A connection is a room of its own; the manager sends each socket one copy.
-                rooms = [user_room(u) for u in notice.users] + list(notice.connections)
+            elif notice.users or notice.watchers_of:
+                # The manager sends each socket one copy, whatever rooms it is in.
+                rooms = [user_room(u) for u in notice.users]
+                rooms += [watch_room(u) for u in notice.watchers_of]
                 await self.emit(name, args, to=rooms, skip_sid=skip)
 
     async def _heard(self, caller: Caller, outcome: Outcome[T]) -> T:
@@ -318,7 +339,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self._heard(caller, self._chat.typing(caller.user_id, receiver_id, is_typing))
 
     async def subscribe_presence(self, caller: Caller, user_ids: list[object]) -> dict[str, str]:
-        return await self._chat.subscribe_presence(caller.user_id, caller.sid, user_ids)
+        async def watch(users: frozenset[str]) -> None:
+            for user_id in caller.watching - users:
+                await self.leave_room(caller.sid, watch_room(user_id))
+            for user_id in users - caller.watching:
+                await self.enter_room(caller.sid, watch_room(user_id))
+            caller.watching = users
+
+        return await self._chat.subscribe_presence(user_ids, watch)
 
     async def sync(self, caller: Caller, cursor: str | None = None, limit: int = 200) -> Json:
         return sync_page(await self._chat.sync(caller.user_id, cursor, limit))

@@ -117,17 +117,18 @@ class HubServer(socketio.AsyncServer):
             socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
 
 
-class HubManager(socketio.AsyncManager):
-    """python-socketio's manager, telling the hub when a socket is fully connected.
+class HubManagerMixin:
+    """What the hub needs of python-socketio's manager, local or over Redis.
 
-    The library calls ``connect`` right after it has queued the handshake's
-    CONNECT packet: from then on events reach a client that knows it is
-    connected. (Events emitted from inside the connect handler would arrive
-    before the CONNECT packet, and some clients drop them.)
+    It tells the hub when a socket is fully connected: the library calls
+    ``connect`` right after it has queued the handshake's CONNECT packet, and
+    from then on events reach a client that knows it is connected. (Events
+    emitted from inside the connect handler would arrive before the CONNECT
+    packet, and some clients drop them.)
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.on_connected: Callable[[str, str], None] | None = None
         # Sockets whose connect handler runs but whose CONNECT is not sent yet.
         self._unanswered: set[str] = set()
@@ -165,6 +166,10 @@ class HubManager(socketio.AsyncManager):
         for sid, eio_sid in super().get_participants(namespace, room):
             if sid not in unanswered:
                 yield sid, eio_sid
+
+
+class HubManager(HubManagerMixin, socketio.AsyncManager):
+    """One process: the library's in-memory manager with the hub's additions."""
 
 
 class _UncompressedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]

@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from app.appkeys import METRICS, NAMESPACE, STORE
+from app.appkeys import BACKPLANE, CONFIG, METRICS, NAMESPACE, STORE
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,21 @@ async def readyz(request: web.Request) -> web.Response:
         logger.warning("readiness: database unreachable: %r", exc)
         checks["database"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
+    backplane = request.app.get(BACKPLANE)
+    if backplane is not None:
+        # Reported, never a reason to stop sending clients here: without Redis an
+        # instance still stores and delivers to its own sockets (README, Deployment).
+        try:
+            await asyncio.wait_for(backplane.ping(), READY_TIMEOUT_S)
+            checks["redis"] = "ok" if backplane.healthy else "recovering"
+        except Exception as exc:
+            logger.warning("readiness: Redis unreachable: %r", exc)
+            checks["redis"] = "unreachable"
+    body: dict[str, object] = {"status": "ready" if ready else "unavailable", "checks": checks}
+    if backplane is not None:
+        body["instance"] = request.app[CONFIG].instance_id  # which one a load balancer chose
     return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        body,
         status=200 if ready else 503,
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +25,7 @@ from models import Conversation, Counter, Message, User
 from tests.support import (
     EVENT_TIMEOUT_S,
     MYSQL_ADMIN_URL,
+    OwnRedis,
     SECRET,
     ChatClient,
     Connect,
@@ -146,6 +148,18 @@ async def serve(clean_database: Config, tmp_path: Path) -> AsyncIterator[Serve]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    """A redis-server of this test's own (it may kill it); killed at teardown."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        service_missing("redis-server", "not on PATH; apt-get install redis-server")
+    redis = OwnRedis(str(executable), tmp_path)
+    await redis.start()
+    yield redis
+    redis.kill()
 
 
 # -- clients ------------------------------------------------------------------

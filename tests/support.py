@@ -163,7 +163,9 @@ async def db_snapshot(server: TestServer) -> dict[str, Any]:
         }
 
 
-def server_url(server: TestServer) -> str:
+def server_url(server: TestServer | Served) -> str:
+    if isinstance(server, Served):
+        return server.url
     return str(server.make_url("")).rstrip("/")
 
 
@@ -299,3 +301,45 @@ class RawSocket:
     async def close(self) -> None:
         await self.ws.close()
         await self._session.close()
+
+
+# -- a Redis of the test's own ----------------------------------------------------
+
+
+class OwnRedis:
+    """A `redis-server` on a free port that the test may kill and start again.
+
+    Never the shared Redis: only this process, by its pid.
+    """
+
+    def __init__(self, executable: str, workdir: Path) -> None:
+        self.executable = executable
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        await wait_listening(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def command(self, *args: str) -> Any:
+        from redis.asyncio import Redis
+
+        client = Redis(host="127.0.0.1", port=self.port)
+        try:
+            return await client.execute_command(*args)
+        finally:
+            await client.aclose()

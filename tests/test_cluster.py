@@ -1,0 +1,366 @@
+"""Several instances over Redis: real `chat-server serve` processes, a real redis-server.
+
+Each test starts its own redis-server on a free port (so that it may kill it)
+and two server processes on the one clean MariaDB test database. Clients on
+different instances must see one chat: messages, receipts, typing, presence,
+and after a part dies, nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from app.devcluster import nginx_config
+from tests.support import (
+    EVENT_TIMEOUT_S,
+    SECRET,
+    ChatClient,
+    Connect,
+    OwnRedis,
+    Serve,
+    Served,
+    free_port,
+    service_missing,
+    wait_listening,
+)
+from tests.test_js_clients import CLIENTS, require_node, run
+
+pytestmark = pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+
+TTL_S = 3
+
+
+@dataclass
+class Cluster:
+    a: Served
+    b: Served
+    redis: OwnRedis
+
+
+@pytest.fixture
+async def cluster(serve: Serve, own_redis: OwnRedis) -> Cluster:
+    async def instance(name: str) -> Served:
+        return await serve(
+            CHAT_REDIS_URL=own_redis.url, CHAT_INSTANCE_ID=name, CHAT_INSTANCE_TTL_S=str(TTL_S)
+        )
+
+    a, b = await asyncio.gather(instance("a"), instance("b"))
+    return Cluster(a, b, own_redis)
+
+
+async def metric(served: Served, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(served.url + "/metrics") as r:
+        text = await r.text()
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def ready(url: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/readyz") as r:
+        return r.status, await r.json()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> float:
+    """Poll `check` until true; the seconds it took."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def statuses(client: ChatClient, user: str) -> list[str]:
+    return [state for who, state in client.named("UserStatusChanged") if who == user]
+
+
+# -- one chat across instances ---------------------------------------------------------
+
+
+async def test_two_instances_are_one_chat(cluster: Cluster, connect: Connect) -> None:
+    alice = await connect(cluster.a, "alice")
+    bob = await connect(cluster.b, "bob")
+    alice_phone = await connect(cluster.b, "alice")  # alice's second device, on the other instance
+    start = (await bob.ok("Sync", None))["cursor"]
+
+    message_id = await alice.ok("SendMessage", "alice", "bob", "hi from a")
+    (received,) = await bob.wait_for("ReceiveMessage")
+    assert received[:3] == ("alice", "hi from a", message_id)
+    (echo,) = await alice_phone.wait_for("MessageSent")
+    assert echo[0]["id"] == message_id
+
+    await bob.ok("MessageReceived", message_id)
+    await alice.wait_for("MessageStatusChanged")
+    await alice_phone.wait_for("MessageStatusChanged")
+    await bob.ok("MessageRead", message_id)
+    assert (await alice.wait_for("MessageStatusChanged", 2))[-1] == (message_id, "read")
+
+    await bob.ok("Typing", "alice", True)
+    assert (await alice.wait_for("UserTyping"))[0] == ("bob", True)
+    assert (await alice_phone.wait_for("UserTyping"))[0] == ("bob", True)
+
+    page = await bob.ok("Sync", start)
+    assert [m["id"] for m in page["messages"]] == [message_id]
+    assert page["messages"][0]["status"] == "read"
+    history = await alice_phone.ok("GetMessageHistory", "alice", "bob", 0, 50)
+    assert [m["id"] for m in history] == [message_id]
+
+    # The cluster's view of who is online, from either instance.
+    assert await alice.ok("GetOnlineUsers") == ["alice", "bob"]
+    assert await bob.ok("GetOnlineStatus", "alice") is True
+    (conversation,) = await bob.ok("GetConversations")
+    assert conversation["id"] == "alice" and conversation["isActive"] is True
+
+    for served, name in ((cluster.a, "a"), (cluster.b, "b")):
+        status, body = await ready(served.url)
+        assert status == 200 and body["checks"]["redis"] == "ok" and body["instance"] == name
+        assert f'chat_instance_info{{instance_id="{name}"}} 1.0' in await _metrics_text(served)
+        assert f" [{name}] " in served.log_text()  # the instance id is in its log lines
+
+
+async def _metrics_text(served: Served) -> str:
+    async with aiohttp.ClientSession() as http, http.get(served.url + "/metrics") as r:
+        return await r.text()
+
+
+async def test_node_clients_on_two_instances(cluster: Cluster) -> None:
+    node = require_node()
+    out = await run(
+        node, "cluster/cross-instance.mjs",
+        env={"CHAT_URL": cluster.a.url, "CHAT_OTHER_URL": cluster.b.url, "CHAT_SECRET": SECRET},
+    )
+    assert "cross-instance (websocket): ok" in out, out
+
+
+# -- presence ------------------------------------------------------------------------------
+
+
+async def test_two_devices_on_two_instances_make_one_online_and_one_offline(
+    cluster: Cluster, connect: Connect
+) -> None:
+    carol = await connect(cluster.a, "carol")
+    assert await carol.ok("SubscribePresence", ["alice"]) == {"alice": "Offline"}
+    dave = await connect(cluster.b, "dave")  # hears alice as a contact, not by subscribing
+    await dave.ok("SendMessage", "dave", "alice", "hello")
+
+    async def device(served: Served) -> ChatClient:
+        return await connect(served, "alice")
+
+    async def leave(client: ChatClient) -> None:
+        await client.sio.disconnect()
+
+    rounds = 0
+    for order in ("together", "ab-ab", "ab-ba", "ba-ab", "together", "together"):
+        if order == "together":  # racing: both at the same moment, both ways
+            one, two = await asyncio.gather(device(cluster.a), device(cluster.b))
+            await asyncio.gather(leave(one), leave(two))
+        else:
+            first, second = (cluster.a, cluster.b) if order[0] == "a" else (cluster.b, cluster.a)
+            one = await device(first)
+            two = await device(second)
+            for client in ((one, two) if order[3] == order[0] else (two, one)):
+                await leave(client)
+        rounds += 1
+        for observer in (carol, dave):
+            await eventually(
+                lambda o=observer: _true(statuses(o, "alice").count("Offline") >= rounds),
+                EVENT_TIMEOUT_S, f"{observer.user} hearing alice go offline (round {rounds})",
+            )
+    await asyncio.sleep(0.5)  # anything extra would have arrived by now
+    for observer in (carol, dave):
+        assert statuses(observer, "alice") == ["Online", "Offline"] * rounds, observer.user
+    assert await carol.ok("GetOnlineStatus", "alice") is False
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
+    cluster: Cluster, connect: Connect
+) -> None:
+    carol = await connect(cluster.a, "carol")
+    await carol.ok("SubscribePresence", ["alice"])
+    alice = await connect(cluster.b, "alice")
+    cursor = (await alice.ok("Sync", None))["cursor"]
+    await carol.wait_for("UserStatusChanged")
+
+    sent: list[str] = []
+
+    async def carol_keeps_writing() -> None:
+        while len(sent) < 60:
+            sent.append(await carol.ok("SendMessage", "carol", "alice", f"m{len(sent)}"))
+            await asyncio.sleep(0.02)
+
+    writing = asyncio.ensure_future(carol_keeps_writing())
+    await asyncio.sleep(0.4)
+    cluster.b.proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    await writing
+
+    took = await eventually(
+        lambda: _true(statuses(carol, "alice") == ["Online", "Offline"]),
+        TTL_S + 2, "alice shown offline after her instance died",
+    )
+    assert time.monotonic() - killed_at <= TTL_S + 2, took
+    assert await carol.ok("GetOnlineStatus", "alice") is False
+
+    live = {args[2] for args in alice.named("ReceiveMessage")}
+    again = await connect(cluster.a, "alice")  # reconnects to the survivor
+    synced: list[str] = []
+    while True:
+        page = await again.ok("Sync", cursor)
+        synced += [m["id"] for m in page["messages"]]
+        cursor = page["cursor"]
+        if not page["hasMore"]:
+            break
+    assert len(sent) == 60
+    assert set(sent) <= live | set(synced), "a message acked before the kill is missing"
+    assert len(synced) == len(set(synced))
+    assert len(live) < 60, "the kill happened after every delivery: the test proves nothing"
+
+
+# -- Redis failures --------------------------------------------------------------------------
+
+
+async def test_redis_dies_and_returns_nothing_is_lost(cluster: Cluster, connect: Connect) -> None:
+    alice = await connect(cluster.a, "alice")
+    bob = await connect(cluster.b, "bob")
+    cursor = (await bob.ok("Sync", None))["cursor"]
+    acked: list[str] = []
+    stop = asyncio.Event()
+
+    async def alice_streams() -> None:
+        n = 0
+        while not stop.is_set():
+            reply = await alice.call("SendMessage", "alice", "bob", f"n{n}")
+            assert reply["ok"], f"a send failed while Redis was away: {reply}"
+            acked.append(reply["data"])
+            n += 1
+            await asyncio.sleep(0.01)
+
+    streaming = asyncio.ensure_future(alice_streams())
+    await asyncio.sleep(0.5)
+    cluster.redis.kill()
+    killed_with = len(acked)
+    await asyncio.sleep(1.5)
+    assert len(acked) > killed_with + 20, "sends stalled while Redis was away"
+    status, body = await ready(cluster.a.url)
+    assert status == 200 and body["checks"]["redis"] == "unreachable"
+    await cluster.redis.start()  # same port, empty: nothing of before survives
+    restarted = time.monotonic()
+    await asyncio.sleep(0.5)
+
+    # Cross-instance delivery resumes: a message sent now arrives live.
+    async def delivered_live() -> bool:
+        return bool(acked) and acked[-1] in {a[2] for a in bob.named("ReceiveMessage")}
+
+    await eventually(delivered_live, 10, "live delivery across instances after Redis returned")
+    assert time.monotonic() - restarted < 10
+    stop.set()
+    await streaming
+    await bob.wait_for("SyncRequired")
+
+    live = [args[2] for args in bob.named("ReceiveMessage")]
+    synced: list[str] = []
+    while True:
+        page = await bob.ok("Sync", cursor)
+        synced += [m["id"] for m in page["messages"]]
+        cursor = page["cursor"]
+        if not page["hasMore"]:
+            break
+    assert len(live) == len(set(live)), "a message was delivered live twice"
+    assert len(synced) == len(set(synced)) == len(acked), "stored: not exactly the acked messages"
+    assert set(synced) == set(acked)
+    missed_live = set(acked) - set(live)
+    assert missed_live, "Redis died and every message still arrived live: the test proves nothing"
+    # Presence came back too: both users online in the cluster's view again.
+    await eventually(
+        lambda: _ok_equals(alice, "GetOnlineUsers", ["alice", "bob"]), 5, "presence re-asserted"
+    )
+    assert await metric(cluster.a, "chat_backplane_publish_failures_total") > 0
+    assert await metric(cluster.b, "chat_backplane_reconnects_total") >= 1
+    for served in (cluster.a, cluster.b):
+        await eventually(lambda s=served: _redis_ok(s), 5, "/readyz saying Redis is ok again")
+
+
+async def _redis_ok(served: Served) -> bool:
+    status, body = await ready(served.url)
+    return status == 200 and body["checks"]["redis"] == "ok"
+
+
+async def _ok_equals(client: ChatClient, event: str, expected: Any) -> bool:
+    return bool(await client.ok(event) == expected)
+
+
+async def test_the_listener_survives_redis_dropping_its_clients(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """python-socketio's listener can go deaf for good when Redis drops it (#1581); ours not."""
+    alice = await connect(cluster.a, "alice")
+    bob = await connect(cluster.b, "bob")
+    for n in range(3):
+        await cluster.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        await bob.wait_for("SyncRequired", n + 1)
+
+        async def heard(n: int = n) -> bool:
+            message_id = await alice.ok("SendMessage", "alice", "bob", f"after kill {n}")
+            await asyncio.sleep(0.2)
+            return message_id in {a[2] for a in bob.named("ReceiveMessage")}
+
+        await eventually(heard, 10, f"delivery after the listener was dropped ({n + 1})")
+    assert await metric(cluster.b, "chat_backplane_reconnects_total") >= 3
+
+
+# -- behind nginx ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def nginx(cluster: Cluster, tmp_path: Path) -> Served:
+    """Debian's nginx in front of both instances, with the shipped config."""
+    executable = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(executable):
+        service_missing("nginx", "not installed; apt-get install nginx (.ci/run does)")
+    port = free_port()
+    conf = tmp_path / "nginx" / "nginx.conf"
+    nginx_config(conf, port, [cluster.a.port, cluster.b.port])
+    log = tmp_path / "nginx" / "error.log"
+    proc = subprocess.Popen(
+        [executable, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        await wait_listening(port, proc)
+        yield Served(proc, f"http://127.0.0.1:{port}", port, log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_through_nginx_to_the_other_instance(
+    cluster: Cluster, nginx: Served, transport: str
+) -> None:
+    node = require_node()
+    _, body = await ready(nginx.url)
+    behind = cluster.a if body["instance"] == "a" else cluster.b
+    other = cluster.b if behind is cluster.a else cluster.a
+    out = await run(
+        node, "cluster/cross-instance.mjs",
+        env={"CHAT_URL": nginx.url, "CHAT_OTHER_URL": other.url, "CHAT_SECRET": SECRET,
+             "CHAT_TRANSPORT": transport},
+    )
+    assert f"cross-instance ({transport}): ok" in out, out
+    assert (CLIENTS / "cluster" / "cross-instance.mjs").is_file()
