@@ -1,7 +1,8 @@
 // Load generator for `make bench`: the real Node socket.io-client against a chat
 // server speaking the hub protocol (this server, or bench/relay.py).
 //
-//   node bench/load.mjs closed  URL SECRET PAIRS INFLIGHT SECONDS
+//   node bench/load.mjs closed  URL SECRET PAIRS INFLIGHT SECONDS [RECEIVER_URL]
+//     (with RECEIVER_URL the receivers connect there: across instances)
 //   node bench/load.mjs open    URL SECRET CLIENTS RATE SECONDS
 //   node bench/load.mjs connect URL SECRET CLIENTS
 //   node bench/load.mjs idle    URL SECRET CLIENTS     (connects, prints, waits for stdin to close)
@@ -28,8 +29,8 @@ function token(id) {
   return `${head}.${body}.${sig}`;
 }
 
-function open(user, timeoutMs = 60000) {
-  const socket = io(`${URL}/chat`, {
+function open(user, url = URL, timeoutMs = 60000) {
+  const socket = io(`${url}/chat`, {
     auth: { token: token(user) },
     transports: ["websocket"],
     reconnection: false,
@@ -44,7 +45,7 @@ function open(user, timeoutMs = 60000) {
   });
 }
 
-async function connectAll(users, concurrency = users.length) {
+async function connectAll(users, concurrency = users.length, urlOf = () => URL) {
   const sockets = new Array(users.length);
   let refused = 0;
   let next = 0;
@@ -53,7 +54,7 @@ async function connectAll(users, concurrency = users.length) {
     while (next < users.length) {
       const i = next++;
       try {
-        sockets[i] = await open(users[i]);
+        sockets[i] = await open(users[i], urlOf(i));
       } catch (err) {
         refused += 1;
         const code = err?.data?.code ?? err?.message ?? "error";
@@ -84,10 +85,10 @@ function summary(latencies) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function closed(pairs, inflight, seconds) {
+async function closed(pairs, inflight, seconds, receiverUrl = URL) {
   const users = [];
   for (let i = 0; i < pairs; i++) users.push(`s${i}-${run}`, `r${i}-${run}`);
-  const { sockets, refused } = await connectAll(users, 100);
+  const { sockets, refused } = await connectAll(users, 100, (i) => (i % 2 ? receiverUrl : URL));
   if (refused) throw new Error(`${refused} refused while setting up`);
   for (let i = 0; i < pairs; i++) receiveAndAck(sockets[2 * i + 1]);
   const latencies = [];
@@ -192,7 +193,7 @@ async function idle(clients) {
 
 const n = rest.map(Number);
 let result;
-if (mode === "closed") result = await closed(n[0], n[1], n[2]);
+if (mode === "closed") result = await closed(n[0], n[1], n[2], rest[3] || URL);
 else if (mode === "open") result = await openLoop(n[0], n[1], n[2]);
 else if (mode === "connect") result = await connectStorm(n[0]);
 else if (mode === "idle") result = await idle(n[0]);

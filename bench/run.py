@@ -9,9 +9,12 @@ socket.io-client (bench/load.mjs), and prints one table:
 - open loop: CLIENTS clients offered RATE msg/s: errors, ack p50/p99;
 - connect: CONNECTS clients connecting at once: seconds and refusals;
 - idle: KiB of server RSS per idle connection, with CONNECTS connected;
-- queries: history, conversations and Sync times with ROWS stored messages.
+- queries: history, conversations and Sync times with ROWS stored messages;
+- with --cluster only: the closed loop on one instance, on one instance with
+  the Redis backplane, and across two instances (senders on one, receivers
+  on the other), all on one MariaDB database and a redis-server of its own.
 
-    python bench/run.py [--db mariadb|sqlite] [--quick]
+    python bench/run.py [--db mariadb|sqlite] [--quick] [--cluster]
 
 The machine is shared and noisy: the figure that counts is the ratio to the
 relay measured in the same run.
@@ -195,7 +198,7 @@ async def query_times(db_url: str, rows: int) -> dict[str, float]:
     from app.config import Config
     from app.db import Database
     from app.metrics import Metrics
-    from app.presence import presence_from_config
+    from app.presence import Audience, LocalPresence
     from app.service import ChatService
     from app.store import MessageStore
 
@@ -203,7 +206,7 @@ async def query_times(db_url: str, rows: int) -> dict[str, float]:
     db = Database(config)
     await db.open()
     store = MessageStore(db, 60, config.dialect)
-    chat = ChatService(store, presence_from_config(config, store), Metrics())
+    chat = ChatService(store, LocalPresence(Audience(config.presence_scope, store)), Metrics())
     await seed(db, config.dialect, rows)
     samples: dict[str, list[float]] = {"history": [], "conversations": [], "sync_recent": [], "sync_start": []}
     # A cursor 100 changes before u0's latest: "what did I miss since a minute ago".
@@ -319,6 +322,62 @@ def loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
     return results
 
 
+@contextmanager
+def own_redis() -> Iterator[str]:
+    """A redis-server of the benchmark's own on a free port (never the shared one)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def cluster_loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
+    """The closed loop on one instance, one with the backplane, and across two instances."""
+    results: dict[str, Any] = {}
+    with database("mariadb", "cluster") as db_url:
+        env = {**os.environ, "CHAT_DATABASE_URL": db_url, "CHAT_JWT_SECRET": secret,
+               "CHAT_RATE_LIMIT_PER_S": BENCH_RATE_LIMIT, "CHAT_RATE_LIMIT_BURST": BENCH_RATE_LIMIT,
+               "CHAT_LOG_LEVEL": "WARNING"}
+        port = free_port()
+        with process(SERVER, {**env, "CHAT_PORT": str(port)}, port):
+            print("cluster: one instance", file=sys.stderr, flush=True)
+            url = f"http://127.0.0.1:{port}"
+            results["single"] = load("closed", url, secret, a.pairs, a.inflight, a.seconds)
+        time.sleep(SETTLE_S)
+        with own_redis() as redis_url:
+            env["CHAT_REDIS_URL"] = redis_url
+            port = free_port()
+            with process(SERVER, {**env, "CHAT_PORT": str(port), "CHAT_INSTANCE_ID": "solo"}, port):
+                print("cluster: one instance with the backplane", file=sys.stderr, flush=True)
+                url = f"http://127.0.0.1:{port}"
+                results["backplane"] = load("closed", url, secret, a.pairs, a.inflight, a.seconds)
+            time.sleep(SETTLE_S)
+            pa, pb = free_port(), free_port()
+            with process(SERVER, {**env, "CHAT_PORT": str(pa), "CHAT_INSTANCE_ID": "a"}, pa), \
+                    process(SERVER, {**env, "CHAT_PORT": str(pb), "CHAT_INSTANCE_ID": "b"}, pb):
+                print("cluster: across two instances", file=sys.stderr, flush=True)
+                results["cross"] = load(
+                    "closed", f"http://127.0.0.1:{pa}", secret, a.pairs, a.inflight, a.seconds,
+                    f"http://127.0.0.1:{pb}",
+                )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", choices=["mariadb", "sqlite"], default="mariadb")
@@ -332,12 +391,18 @@ def main() -> int:
     parser.add_argument("--rows", default="10000,1000000")
     parser.add_argument("--skip-queries", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--cluster", action="store_true",
+                        help="only the cross-instance closed loop (MariaDB and redis-server)")
     a = parser.parse_args()
     if a.quick:
         a.pairs, a.seconds, a.clients, a.rate, a.connects, a.rows = 10, 3, 100, 100, 300, "1000,20000"
     (ROOT / "data").mkdir(exist_ok=True)
     secret = secrets.token_urlsafe(48)
     results: dict[str, Any] = {}
+    if a.cluster:
+        results["cluster"] = cluster_loads(a, secret)
+        print(report(results, a))
+        return 0
     if not a.skip_load:
         results.update(loads(a, secret))
     if not a.skip_queries:
@@ -377,6 +442,18 @@ def report(r: dict[str, Any], a: argparse.Namespace) -> str:
             f"| KiB RSS per idle connection at {a.connects} | {s['idle_kib']:.0f} | {rl['idle_kib']:.0f} | |",
             f"| peak RSS MiB | {s['peak_rss_mib']:.0f} | {rl['peak_rss_mib']:.0f} | |",
         ]
+    if "cluster" in r:
+        c = r["cluster"]
+        lines += [
+            f"| closed loop, {a.pairs} pairs x {a.inflight} in flight, MariaDB | msg/s | "
+            "ack p50 / p99 ms | errors |",
+            "|---|---|---|---|",
+        ]
+        for key, label in (("single", "one instance"),
+                           ("backplane", "one instance, Redis backplane on"),
+                           ("cross", "two instances: senders on a, receivers on b")):
+            x = c[key]
+            lines.append(f"| {label} | {x['rate']:.0f} | {x['p50']:.1f} / {x['p99']:.1f} | {x['errors']} |")
     if "queries" in r:
         sizes = sorted(r["queries"])
         lines += ["", "| query (median ms) | " + " | ".join(f"{n:,} rows" for n in sizes) + " | ratio |",
