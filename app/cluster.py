@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.domain import Notice
 from app.presence import Audience
@@ -42,6 +44,22 @@ PREFIX = "chat:presence:"
 REDIS_TIMEOUT_S = 2.0
 # How often the heartbeat is renewed and dead instances are looked for.
 MAINTAIN_EVERY_S = 1.0
+
+def redis_client(url: str) -> Redis:
+    """A Redis client that fails fast and retries once at once.
+
+    ``Redis.from_url`` sets no retry: the first command after Redis restarted
+    would fail on the pooled connection Redis closed. One immediate retry
+    takes a fresh one; a Redis that is really down still fails in milliseconds.
+    """
+    return Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 1),
+    )
+
 
 _SPLIT = """
 local function split(m)

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from app.appkeys import (
     BACKPLANE, CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, REDIS, SIO, STORE, VERIFIER,
 )
 from app.auth import TokenVerifier
-from app.cluster import MAINTAIN_EVERY_S, REDIS_TIMEOUT_S, ClusterPresence
+from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
 from app.config import Config
 from app.db import Database
 from app.metrics import Metrics
@@ -54,12 +53,7 @@ def create_app(config: Config) -> web.Application:
     audience = Audience(config.presence_scope, store)
     presence: Presence
     if config.redis_url is not None:
-        app[REDIS] = redis = Redis.from_url(
-            config.redis_url,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            socket_keepalive=True,
-        )
+        app[REDIS] = redis = redis_client(config.redis_url)
         presence = ClusterPresence(
             audience, redis, config.instance_id, config.instance_ttl_s,
             on_reaped=metrics.presence_reaped.inc,

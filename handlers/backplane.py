@@ -28,6 +28,7 @@ from typing import Any
 import socketio
 from redis.asyncio.client import PubSub
 
+from app.cluster import REDIS_TIMEOUT_S, redis_client
 from handlers.engine import HubManagerMixin
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ CHANNEL = "chat:socketio"
 LISTEN_RETRY_S = 1.0
 # How often a publisher that failed checks whether Redis answers again.
 PUBLISH_PROBE_S = 1.0
-REDIS_TIMEOUT_S = 2.0
 
 # Told which sockets may have missed events: this instance's own (False) or
 # every socket of the cluster (True).
@@ -79,9 +79,7 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         self._on_reconnect = on_reconnect
         # Publishing has its own client: the library's reconnect in _publish
         # would replace the subscriber the listener is reading from.
-        self._publisher = self._get_redis_module().Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, **options
-        )
+        self._publisher = redis_client(url)
         self._publish_down = False
         self._probe: asyncio.Task[None] | None = None
         self.listening = False
@@ -114,14 +112,11 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         if self._publish_down:
             self._publish_failed()  # Redis is known down: do not make the caller wait on it
             return
-        payload = self.json.dumps(data)
-        for _ in (1, 2):  # a second try on a fresh connection: the pooled one may be stale
-            try:
-                await self._publisher.publish(self.channel, payload)
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure means the others did not hear
-                error = exc
-        logger.warning("backplane: publish failed (%s); sockets will be told to Sync", error)
+        try:
+            await self._publisher.publish(self.channel, self.json.dumps(data))
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means the others did not hear
+            logger.warning("backplane: publish failed (%s); sockets will be told to Sync", exc)
         self._publish_down = True
         self._publish_failed()
         self._probe = self._spawn(self._until_publishing())

@@ -36,7 +36,7 @@ from tests.support import (
     service_missing,
     wait_listening,
 )
-from tests.test_js_clients import CLIENTS, require_node, run
+from tests.test_js_clients import CHROMIUM, CLIENTS, require_node, run
 
 pytestmark = pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
 
@@ -51,10 +51,17 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(serve: Serve, own_redis: OwnRedis) -> Cluster:
+def dev_mode() -> bool:
+    """Whether the instances serve the demo page (a test overrides it by parametrizing)."""
+    return False
+
+
+@pytest.fixture
+async def cluster(serve: Serve, own_redis: OwnRedis, dev_mode: bool) -> Cluster:
     async def instance(name: str) -> Served:
         return await serve(
-            CHAT_REDIS_URL=own_redis.url, CHAT_INSTANCE_ID=name, CHAT_INSTANCE_TTL_S=str(TTL_S)
+            CHAT_REDIS_URL=own_redis.url, CHAT_INSTANCE_ID=name, CHAT_INSTANCE_TTL_S=str(TTL_S),
+            CHAT_DEV="1" if dev_mode else "0",
         )
 
     a, b = await asyncio.gather(instance("a"), instance("b"))
@@ -364,3 +371,20 @@ async def test_through_nginx_to_the_other_instance(
     )
     assert f"cross-instance ({transport}): ok" in out, out
     assert (CLIENTS / "cluster" / "cross-instance.mjs").is_file()
+
+
+@pytest.mark.parametrize("dev_mode", [True])
+async def test_two_browsers_chat_through_nginx_and_the_other_instance(
+    cluster: Cluster, nginx: Served
+) -> None:
+    """What `make cluster` is for: the demo page through nginx, and on the other instance."""
+    node = require_node()
+    if not Path(CHROMIUM).exists():
+        service_missing("Chromium", f"{CHROMIUM} not found; apt-get install chromium")
+    _, body = await ready(nginx.url)
+    other = cluster.b if body["instance"] == "a" else cluster.a
+    out = await run(
+        node, "browser/two-people.mjs",
+        env={"CHAT_URL": nginx.url, "CHAT_OTHER_URL": other.url, "CHAT_CHROMIUM": CHROMIUM},
+    )
+    assert "two-people: ok" in out, out

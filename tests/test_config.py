@@ -45,6 +45,19 @@ def test_limits_and_token_checks_from_environment() -> None:
         5, 3.0, 30.0, "chat-app", "https://id.example", 15)
 
 
+def test_the_cluster_settings_from_environment() -> None:
+    config = Config.from_env({
+        "CHAT_JWT_SECRET": SECRET, "CHAT_DATABASE_URL": "mysql://root:@127.0.0.1:3306/chat",
+        "CHAT_REDIS_URL": "redis://127.0.0.1:6379/2", "CHAT_INSTANCE_ID": "eu-1.a",
+        "CHAT_INSTANCE_TTL_S": "30",
+    })
+    assert (config.redis_url, config.instance_id, config.instance_ttl_s) == (
+        "redis://127.0.0.1:6379/2", "eu-1.a", 30.0)
+    # Without CHAT_INSTANCE_ID every process is a new instance, even with the same pid.
+    one, two = Config.from_env({"CHAT_JWT_SECRET": SECRET}), Config.from_env({"CHAT_JWT_SECRET": SECRET})
+    assert one.instance_id != two.instance_id
+
+
 @pytest.mark.parametrize(
     ("env", "key"),
     [
@@ -53,7 +66,12 @@ def test_limits_and_token_checks_from_environment() -> None:
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_PORT": "eighty"}, "CHAT_PORT"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_PORT": "70000"}, "CHAT_PORT"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_DATABASE_URL": "postgres://x"}, "CHAT_DATABASE_URL"),
+        # Several instances on one embedded SQLite file: refused, they need a shared database.
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_REDIS_URL": "redis://127.0.0.1:6379"}, "CHAT_REDIS_URL"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_DATABASE_URL": "mysql://root@h/db",
+          "CHAT_REDIS_URL": "http://127.0.0.1:6379"}, "CHAT_REDIS_URL"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_INSTANCE_TTL_S": "1"}, "CHAT_INSTANCE_TTL_S"),
+        ({"CHAT_JWT_SECRET": SECRET, "CHAT_INSTANCE_ID": "a b"}, "CHAT_INSTANCE_ID"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_JWT_ALGORITHM": "none"}, "CHAT_JWT_ALGORITHM"),
         ({"CHAT_JWT_ALGORITHM": "RS256"}, "CHAT_JWT_PUBLIC_KEY"),
         ({"CHAT_JWT_SECRET": SECRET, "CHAT_DEV": "maybe"}, "CHAT_DEV"),

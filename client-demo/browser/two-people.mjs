@@ -1,11 +1,14 @@
 // Two people chat in two real Chromium contexts against a live dev-mode server:
 // alice sends, bob sees it live, alice's tick turns to read, typing shows,
 // bob replies, and a reload restores the thread from history.
-// Run by tests/test_js_clients.py, which starts the server and sets CHAT_URL.
+// Run by tests/test_js_clients.py, which starts the server and sets CHAT_URL;
+// tests/test_cluster.py sets CHAT_OTHER_URL too: bob's page comes from there
+// (the other instance) while alice's comes through nginx.
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
 const URL = process.env.CHAT_URL;
+const BOB_URL = process.env.CHAT_OTHER_URL || URL;
 const SHOTS = process.env.CHAT_SCREENSHOT_DIR;
 const TIMEOUT_MS = 10_000;
 
@@ -16,13 +19,13 @@ const browser = await chromium.launch({
          "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
-async function person(userId, name, viewport) {
+async function person(userId, name, viewport, url = URL) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT_MS);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(URL);
+  await page.goto(url);
   await page.fill("#user-id", userId);
   await page.fill("#display-name", name);
   await page.click("#signin-button");
@@ -32,7 +35,7 @@ async function person(userId, name, viewport) {
 
 try {
   const alice = await person("alice", "Alice", { width: 1100, height: 700 });
-  const bob = await person("bob", "Bob", { width: 390, height: 780 }); // phone width
+  const bob = await person("bob", "Bob", { width: 390, height: 780 }, BOB_URL); // phone width
 
   // Alice starts a conversation with bob and sends.
   await alice.page.fill("#new-peer", "bob");
