@@ -239,6 +239,30 @@ async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
     assert len(live) < 60, "the kill happened after every delivery: the test proves nothing"
 
 
+async def test_a_deploy_sigterm_moves_users_to_the_other_instance(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """A rolling restart: the stopped instance says goodbye, no TTL wait, no traceback."""
+    carol = await connect(cluster.a, "carol")
+    await carol.ok("SubscribePresence", ["alice"])
+    alice = await connect(cluster.b, "alice")
+    await carol.wait_for("UserStatusChanged")
+    cluster.b.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    await eventually(
+        lambda: _true(statuses(carol, "alice") == ["Online", "Offline"]),
+        TTL_S - 1, "alice shown offline after her instance stopped",  # sooner than a crash
+    )
+    assert await asyncio.to_thread(cluster.b.proc.wait, 10) == 0
+    assert time.monotonic() - stopped < 5
+    assert "Traceback" not in cluster.b.log_text()
+    assert not alice.sio.connected
+    back = await connect(cluster.a, "alice")
+    await carol.wait_for("UserStatusChanged", 3)
+    assert statuses(carol, "alice") == ["Online", "Offline", "Online"]
+    assert await back.ok("GetOnlineUsers") == ["alice", "carol"]
+
+
 # -- Redis failures --------------------------------------------------------------------------
 
 
