@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.config import dev_secret
+
 NGINX_SITE = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "nginx.conf"
 SHIPPED_LISTEN = 8080
 SHIPPED_BACKENDS = (8081, 8082)
@@ -91,6 +93,10 @@ def run_cluster(workdir: Path = Path("data/cluster")) -> int:
         print("chat-server cluster: CHAT_DATABASE_URL must be mysql://", file=sys.stderr)
         return 2
     asyncio.run(_create_database(database))
+    dev_secret()  # made once here: two instances making it at once could differ
+    # Ctrl-C, or SIGTERM, stops the whole cluster (a shell's `&` leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = str(Path(sys.executable).with_name("chat-server"))
     env = {**os.environ, "CHAT_DEV": "1", "CHAT_DATABASE_URL": database, "CHAT_REDIS_URL": redis}
     # Both instances migrate at once, as two deploying instances would: the lock makes one wait.
