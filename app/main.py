@@ -27,6 +27,7 @@ from handlers.chat import ChatNamespace
 from handlers.engine import (
     FastJson,
     HubManager,
+    HubPacket,
     HubServer,
     allowed_origins,
     set_websocket_compression,
@@ -77,6 +78,7 @@ def create_app(config: Config) -> web.Application:
         async_mode="aiohttp",
         client_manager=manager,
         json=FastJson,
+        serializer=HubPacket,
         cors_allowed_origins=allowed_origins(config.cors_origins),
         max_http_buffer_size=config.max_packet_bytes,
         # Only the hub: python-socketio would otherwise accept sockets on "/" too.

@@ -81,7 +81,6 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         # would replace the subscriber the listener is reading from.
         self._publisher = redis_client(url)
         self._publish_down = False
-        self._probe: asyncio.Task[None] | None = None
         self.listening = False
         self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,16 +94,34 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         """Publishing works and, once started, the listener is subscribed."""
         return not self._publish_down and (self.listening or not self._started)
 
-    # -- emits to one local socket stay local ----------------------------
+    # -- emitting -------------------------------------------------------------
 
     async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None,
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
                    **kwargs: Any) -> Any:
+        """Handle here, then publish for the other instances.
+
+        The library's AsyncPubSubManager.emit does the same, plus a recursive
+        scan of the data for bytes (the hub never sends any, see HubPacket)
+        and cross-instance ack callbacks (the hub never asks for one). An emit
+        to one socket of this instance is not published at all.
+        """
         target = to or room
-        if isinstance(target, str) and self.is_connected(target, namespace or "/"):
-            kwargs["ignore_queue"] = True  # a socket of this instance: nobody else has it
-        return await super().emit(event, data, namespace=namespace, room=target,
-                                  skip_sid=skip_sid, callback=callback, **kwargs)
+        namespace = namespace or "/"
+        local_socket = isinstance(target, str) and self.is_connected(target, namespace)
+        if callback is not None or kwargs.get("ignore_queue") or local_socket:
+            return await super().emit(event, data, namespace=namespace, room=target,
+                                      skip_sid=skip_sid, callback=callback,
+                                      ignore_queue=bool(kwargs.get("ignore_queue") or local_socket))
+        # host_id stays the last key: _listen recognises our own messages by it.
+        message = {
+            "method": "emit", "event": event,
+            "data": list(data) if isinstance(data, tuple) else [data],
+            "binary": False, "namespace": namespace, "room": target, "skip_sid": skip_sid,
+            "callback": None, "host_id": self.host_id,
+        }
+        await self._handle_emit(message)
+        await self._publish(message)
 
     # -- publishing ---------------------------------------------------------
 
@@ -119,7 +136,7 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
             logger.warning("backplane: publish failed (%s); sockets will be told to Sync", exc)
         self._publish_down = True
         self._publish_failed()
-        self._probe = self._spawn(self._until_publishing())
+        self._spawn(self._until_publishing())
 
     def _publish_failed(self) -> None:
         if self._on_publish_failure is not None:

@@ -36,7 +36,7 @@ from tests.support import (
     service_missing,
     wait_listening,
 )
-from tests.test_js_clients import CHROMIUM, CLIENTS, require_node, run
+from tests.test_js_clients import CHROMIUM, CLIENTS, compiled, require_node, run  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
 
@@ -330,6 +330,45 @@ async def test_redis_dies_and_returns_nothing_is_lost(cluster: Cluster, connect:
 async def _redis_ok(served: Served) -> bool:
     status, body = await ready(served.url)
     return status == 200 and body["checks"]["redis"] == "ok"
+
+
+async def test_the_typed_client_catches_up_by_itself_after_redis_returns(
+    cluster: Cluster, compiled: str
+) -> None:
+    """The TypeScript ChatClient answers SyncRequired with Sync: what it missed arrives."""
+    proc = await asyncio.create_subprocess_exec(
+        compiled, "cluster/sync-required.mjs", cwd=CLIENTS,
+        env={**os.environ, "CHAT_URL": cluster.a.url, "CHAT_OTHER_URL": cluster.b.url,
+             "CHAT_SECRET": SECRET},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    said: list[str] = []
+
+    async def says(expected: str) -> None:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)  # type: ignore[union-attr]
+        said.append(line.decode(errors="replace").rstrip())
+        assert said[-1] == expected, said
+
+    async def tell(word: str) -> None:
+        proc.stdin.write(f"{word}\n".encode())  # type: ignore[union-attr]
+        await proc.stdin.drain()  # type: ignore[union-attr]
+
+    try:
+        await says("ready")
+        cluster.redis.kill()
+        await asyncio.sleep(0.3)
+        await tell("down")
+        await says("sent 5")
+        await cluster.redis.start()
+        await tell("up")
+        await says("caught up")
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def _ok_equals(client: ChatClient, event: str, expected: Any) -> bool:

@@ -88,6 +88,7 @@ export class ChatClient {
   private readonly ackTimeoutMs: number;
   private readonly sendAttempts: number;
   private syncing: Promise<void> | null = null;
+  private resync = false;
   private watched: UserId[] = [];
   private currentUser: UserId | null = null;
   private cursorValue: string | null;
@@ -229,11 +230,23 @@ export class ChatClient {
     return this.call("Typing", receiverId, isTyping);
   }
 
-  /** Pull every change since the cursor onto messages$; one catch-up runs at a time. */
+  /**
+   * Pull every change since the cursor onto messages$; one catch-up runs at a time.
+   * Asked again while one runs (a SyncRequired, say), it pulls once more after it:
+   * the running one may have read its last page before what prompted the new ask.
+   */
   sync(): Promise<void> {
-    if (!this.syncing) {
-      this.syncing = this.pullChanges().finally(() => (this.syncing = null));
+    if (this.syncing) {
+      this.resync = true;
+      return this.syncing;
     }
+    const pull = async (): Promise<void> => {
+      do {
+        this.resync = false;
+        await this.pullChanges();
+      } while (this.resync);
+    };
+    this.syncing = pull().finally(() => (this.syncing = null));
     return this.syncing;
   }
 
