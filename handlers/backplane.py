@@ -109,10 +109,11 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         target = to or room
         namespace = namespace or "/"
         local_socket = isinstance(target, str) and self.is_connected(target, namespace)
-        if callback is not None or kwargs.get("ignore_queue") or local_socket:
+        if callback is not None:
             return await super().emit(event, data, namespace=namespace, room=target,
-                                      skip_sid=skip_sid, callback=callback,
-                                      ignore_queue=bool(kwargs.get("ignore_queue") or local_socket))
+                                      skip_sid=skip_sid, callback=callback, **kwargs)
+        if kwargs.get("ignore_queue") or local_socket:
+            return await self._emit_here(event, data, namespace, target, skip_sid)
         # host_id stays the last key: _listen recognises our own messages by it.
         message = {
             "method": "emit", "event": event,
@@ -124,6 +125,19 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         await self._publish(message)
 
     # -- publishing ---------------------------------------------------------
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        """An emit of ours or of another instance, for this instance's sockets."""
+        if message.get("callback") or message.get("binary"):
+            return await super()._handle_emit(message)  # never from this hub; the library knows
+        data = message["data"]
+        await self._emit_here(
+            message["event"],
+            data[0] if len(data) == 1 else tuple(data),
+            message.get("namespace") or "/",
+            message.get("room"),
+            message.get("skip_sid"),
+        )
 
     async def _publish(self, data: Any) -> None:
         if self._publish_down:
