@@ -204,6 +204,15 @@ class ClusterPresence:
     def _alive_key(self, instance: str) -> str:
         return f"{PREFIX}alive:{instance}"
 
+    def _instance_keys(self, instance: str) -> list[str]:
+        """KEYS of REAP and REASSERT: the instance's set and heartbeat, online, instances."""
+        return [
+            self._instance_key(instance),
+            self._alive_key(instance),
+            f"{PREFIX}online",
+            f"{PREFIX}instances",
+        ]
+
     # -- connections ----------------------------------------------------------
 
     async def connect(self, user_id: str, connection_id: str) -> tuple[Notice, ...]:
@@ -316,12 +325,7 @@ class ClusterPresence:
             await self._settled.wait()
             members = [f"{u}\t{c}" for u, conns in self._local.items() for c in conns]
             came, went = await self._reassert(
-                [
-                    self._instance_key(self._instance),
-                    self._alive_key(self._instance),
-                    f"{PREFIX}online",
-                    f"{PREFIX}instances",
-                ],
+                self._instance_keys(self._instance),
                 [self._instance, PREFIX, self._ttl_ms, *members],
             )
         except Exception as exc:  # noqa: BLE001
@@ -348,13 +352,7 @@ class ClusterPresence:
             gone: list[str] = []
             for instance in dead:
                 users = await self._reap(
-                    [
-                        self._instance_key(instance),
-                        self._alive_key(instance),
-                        f"{PREFIX}online",
-                        f"{PREFIX}instances",
-                    ],
-                    [instance, PREFIX],
+                    self._instance_keys(instance), [instance, PREFIX],
                 )
                 logger.warning(
                     "presence: instance %s stopped without saying goodbye; %d users went offline",
@@ -380,12 +378,7 @@ class ClusterPresence:
         self._local.clear()
         try:
             await self._reassert(
-                [
-                    self._instance_key(self._instance),
-                    self._alive_key(self._instance),
-                    f"{PREFIX}online",
-                    f"{PREFIX}instances",
-                ],
+                self._instance_keys(self._instance),
                 [self._instance, PREFIX, 1],
             )
             await self._redis.srem(f"{PREFIX}instances", self._instance)

@@ -89,6 +89,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
     return time.monotonic() - started
 
 
+async def sync_all(client: ChatClient, cursor: str) -> list[str]:
+    """The ids of every message Sync returns after `cursor`, all pages."""
+    ids: list[str] = []
+    while True:
+        page = await client.ok("Sync", cursor)
+        ids += [m["id"] for m in page["messages"]]
+        cursor = page["cursor"]
+        if not page["hasMore"]:
+            return ids
+
+
 def statuses(client: ChatClient, user: str) -> list[str]:
     return [state for who, state in client.named("UserStatusChanged") if who == user]
 
@@ -226,13 +237,7 @@ async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
 
     live = {args[2] for args in alice.named("ReceiveMessage")}
     again = await connect(cluster.a, "alice")  # reconnects to the survivor
-    synced: list[str] = []
-    while True:
-        page = await again.ok("Sync", cursor)
-        synced += [m["id"] for m in page["messages"]]
-        cursor = page["cursor"]
-        if not page["hasMore"]:
-            break
+    synced = await sync_all(again, cursor)
     assert len(sent) == 60
     assert set(sent) <= live | set(synced), "a message acked before the kill is missing"
     assert len(synced) == len(set(synced))
@@ -305,13 +310,7 @@ async def test_redis_dies_and_returns_nothing_is_lost(cluster: Cluster, connect:
     await bob.wait_for("SyncRequired")
 
     live = [args[2] for args in bob.named("ReceiveMessage")]
-    synced: list[str] = []
-    while True:
-        page = await bob.ok("Sync", cursor)
-        synced += [m["id"] for m in page["messages"]]
-        cursor = page["cursor"]
-        if not page["hasMore"]:
-            break
+    synced = await sync_all(bob, cursor)
     assert len(live) == len(set(live)), "a message was delivered live twice"
     assert len(synced) == len(set(synced)) == len(acked), "stored: not exactly the acked messages"
     assert set(synced) == set(acked)

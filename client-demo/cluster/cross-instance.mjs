@@ -2,20 +2,10 @@
 // Run by tests/test_cluster.py: CHAT_URL is where alice connects (an instance,
 // or nginx in front of both), CHAT_OTHER_URL is the instance bob is on, and
 // CHAT_TRANSPORT is alice's transport ("websocket" or "polling").
-import { connect, next, uid } from "../tests/helpers.js";
+import { call, connect, next, uid } from "../tests/helpers.js";
 
 const OTHER_URL = process.env.CHAT_OTHER_URL;
 const transports = [process.env.CHAT_TRANSPORT || "websocket"];
-
-function call(socket, event, ...args) {
-  return new Promise((resolve, reject) => {
-    socket.timeout(5000).emit(event, ...args, (err, reply) => {
-      if (err) return reject(err);
-      if (!reply.ok) return reject(new Error(`${event}: ${JSON.stringify(reply.error)}`));
-      resolve(reply.data);
-    });
-  });
-}
 
 const alice = uid("alice");
 const bob = uid("bob");

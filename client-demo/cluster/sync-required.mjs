@@ -9,21 +9,12 @@ import { createInterface } from "node:readline";
 import { filter } from "rxjs";
 
 import { ChatClient } from "../build/angular/chat-client.js";
-import { connect, token, uid, waitFor } from "../tests/helpers.js";
+import { call, connect, token, uid, waitFor } from "../tests/helpers.js";
 
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 async function expect(word) {
   const { value } = await lines.next();
   if (value !== word) throw new Error(`expected ${word}, got ${value}`);
-}
-function call(socket, event, ...args) {
-  return new Promise((resolve, reject) => {
-    socket.timeout(5000).emit(event, ...args, (err, reply) => {
-      if (err) return reject(err);
-      if (!reply.ok) return reject(new Error(`${event}: ${JSON.stringify(reply.error)}`));
-      resolve(reply.data);
-    });
-  });
 }
 
 const [a, b] = [uid("alice"), uid("bob")];

@@ -61,3 +61,14 @@ export function waitFor(predicate, timeoutMs = 5000) {
     tick();
   });
 }
+
+/** Call a hub method; resolve with its data, reject with its error (or a timeout). */
+export function call(socket, event, ...args) {
+  return new Promise((resolve, reject) => {
+    socket.timeout(5000).emit(event, ...args, (err, reply) => {
+      if (err) return reject(err);
+      if (!reply.ok) return reject(new Error(`${event}: ${JSON.stringify(reply.error)}`));
+      resolve(reply.data);
+    });
+  });
+}
