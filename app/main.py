@@ -53,7 +53,7 @@ def create_app(config: Config) -> web.Application:
     )
     audience = Audience(config.presence_scope, store)
     presence: Presence
-    if config.redis_url is not None:
+    if clustered:
         app[REDIS] = redis = redis_client(config.redis_url)
         presence = ClusterPresence(
             audience, redis, config.instance_id, config.instance_ttl_s,
@@ -66,7 +66,7 @@ def create_app(config: Config) -> web.Application:
     app[VERIFIER] = verifier = TokenVerifier(config)
 
     manager: HubManager | RedisHubManager
-    if config.redis_url is not None:
+    if clustered:
         manager = app[BACKPLANE] = RedisHubManager(
             config.redis_url,
             on_publish_failure=metrics.publish_failures.inc,
@@ -100,7 +100,7 @@ def create_app(config: Config) -> web.Application:
     app[NAMESPACE] = namespace
 
     app.cleanup_ctx.append(orm_ctx)
-    if config.redis_url is not None:
+    if clustered:
         app.cleanup_ctx.append(cluster_ctx)  # Redis closes after presence has said goodbye
     app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
@@ -146,17 +146,20 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     presence, namespace = app[PRESENCE], app[NAMESPACE]
     assert isinstance(presence, ClusterPresence)
 
+    async def beat() -> None:
+        notices = await presence.maintain()
+        if notices:  # whoever a dead instance took offline: the other instances' sockets hear it
+            await namespace.announce(notices)
+
     async def heartbeat() -> None:
         while True:
+            await asyncio.sleep(MAINTAIN_EVERY_S)
             try:
-                notices = await presence.maintain()
-                if notices:
-                    await namespace.announce(notices)
+                await beat()
             except Exception:  # noqa: BLE001 - never let the heartbeat die
                 logger.exception("presence heartbeat failed")
-            await asyncio.sleep(MAINTAIN_EVERY_S)
 
-    await presence.maintain()  # register before the first client arrives
+    await beat()  # register before the first client arrives
     task = asyncio.ensure_future(heartbeat())
     yield
     task.cancel()
