@@ -124,7 +124,7 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         await self._handle_emit(message)
         await self._publish(message)
 
-    # -- publishing ---------------------------------------------------------
+    # -- handling here, publishing for the others ------------------------------
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         """An emit of ours or of another instance, for this instance's sockets."""
@@ -231,10 +231,14 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
             yield data
 
     async def _close_subscriber(self) -> None:
+        """Close the subscriber and its client: each retry makes new ones."""
         pubsub, self.pubsub = self.pubsub, None
-        if pubsub is not None:
+        redis, self.redis = self.redis, None
+        for closing in (pubsub, redis):
+            if closing is None:
+                continue
             try:
-                await pubsub.aclose()
+                await closing.aclose()
             except Exception:  # noqa: BLE001 - it is broken already
                 pass
 
@@ -260,6 +264,4 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         if thread is not None:
             await asyncio.gather(thread, return_exceptions=True)
         await self._close_subscriber()
-        if self.redis is not None:
-            await self.redis.aclose()
         await self._publisher.aclose()
