@@ -9,6 +9,7 @@ and after a part dies, nothing lost.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import shutil
@@ -80,10 +81,17 @@ async def ready(url: str) -> tuple[int, dict[str, Any]]:
         return r.status, await r.json()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> float:
-    """Poll `check` until true; the seconds it took."""
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
+) -> float:
+    """Poll `check` (plain or async) until true; the seconds it took."""
     started = time.monotonic()
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
         await asyncio.sleep(0.05)
     return time.monotonic() - started
@@ -193,17 +201,13 @@ async def test_two_devices_on_two_instances_make_one_online_and_one_offline(
         rounds += 1
         for observer in (carol, dave):
             await eventually(
-                lambda o=observer: _true(statuses(o, "alice").count("Offline") >= rounds),
+                lambda o=observer: statuses(o, "alice").count("Offline") >= rounds,
                 EVENT_TIMEOUT_S, f"{observer.user} hearing alice go offline (round {rounds})",
             )
     await asyncio.sleep(0.5)  # anything extra would have arrived by now
     for observer in (carol, dave):
         assert statuses(observer, "alice") == ["Online", "Offline"] * rounds, observer.user
     assert await carol.ok("GetOnlineStatus", "alice") is False
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
@@ -229,7 +233,7 @@ async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
     await writing
 
     took = await eventually(
-        lambda: _true(statuses(carol, "alice") == ["Online", "Offline"]),
+        lambda: statuses(carol, "alice") == ["Online", "Offline"],
         TTL_S + 2, "alice shown offline after her instance died",
     )
     assert time.monotonic() - killed_at <= TTL_S + 2, took
@@ -255,7 +259,7 @@ async def test_a_deploy_sigterm_moves_users_to_the_other_instance(
     cluster.b.proc.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
     await eventually(
-        lambda: _true(statuses(carol, "alice") == ["Online", "Offline"]),
+        lambda: statuses(carol, "alice") == ["Online", "Offline"],
         TTL_S - 1, "alice shown offline after her instance stopped",  # sooner than a crash
     )
     assert await asyncio.to_thread(cluster.b.proc.wait, 10) == 0
