@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -66,6 +67,9 @@ class Config:
     max_packet_bytes: int = 64 * 1024
     # Longest a client call may take before it answers `unavailable` (a stalled database).
     call_timeout_s: float = 10.0
+    # Peers whose X-Forwarded-For is believed (a load balancer): per-address limits
+    # then count the client it names, not the balancer.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     log_level: str = "INFO"
     demo_dir: Path | None = field(default=None)
 
@@ -106,6 +110,7 @@ class Config:
             handshake_timeout_s=float(_int(env, "CHAT_HANDSHAKE_TIMEOUT_S", 10, 1, 600)),
             shutdown_grace_s=float(_int(env, "CHAT_SHUTDOWN_GRACE_S", 10, 0, 3600)),
             call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),
+            trusted_proxies=_networks(env, "CHAT_TRUSTED_PROXIES"),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO").upper(),
             demo_dir=Path(env["CHAT_DEMO_DIR"]) if env.get("CHAT_DEMO_DIR") else None,
         )
@@ -206,6 +211,21 @@ def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise ConfigError(f"{key}: must be between {low} and {high}, got {value}")
     return value
+
+
+def _networks(
+    env: Mapping[str, str], key: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR networks."""
+    networks = []
+    for item in env.get(key, "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: {item.strip()!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 def _public_key(env: Mapping[str, str]) -> str | None:

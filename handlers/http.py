@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import socketio
 from aiohttp import web
@@ -16,6 +17,41 @@ SOCKETIO_PATH = "/socket.io/"
 # token a client put in the URL, or the polling session id (which lets its
 # holder act as the session), and is written as "-".
 LOGGED_QUERY_VALUES = frozenset({"EIO", "transport", "skip", "take", "limit"})
+
+
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Networks) -> str:
+    """The address a per-address limit counts: the peer, unless the peer is a trusted proxy.
+
+    Behind trusted proxies the client is the right-most X-Forwarded-For entry
+    that is not itself a trusted proxy: entries left of it were written by
+    the client and prove nothing. Without ``trusted`` the header is ignored,
+    so a client cannot pick the address it is counted under.
+    """
+    address = peer or "unknown"
+    if not trusted or not forwarded_for or not _is_trusted(address, trusted):
+        return address
+    for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+        if not hop:
+            break
+        address = hop
+        if not _is_trusted(hop, trusted):
+            break
+    return address
+
+
+def _is_trusted(address: str, trusted: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def request_address(request: web.BaseRequest, trusted: Networks) -> str:
+    return client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
 
 
 def polling_body_limit(

@@ -125,3 +125,13 @@ def test_migrate_command_builds_the_sqlite_database(tmp_cwd: Path) -> None:
     assert "DEV MODE" in result.stderr
     again = _cli("migrate", env={"CHAT_DEV": "1"}, cwd=tmp_cwd)
     assert "none pending" in again.stderr
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    config = Config.from_env(
+        {"CHAT_JWT_SECRET": SECRET, "CHAT_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1"}
+    )
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+    assert Config.from_env({"CHAT_JWT_SECRET": SECRET}).trusted_proxies == ()
+    with pytest.raises(ConfigError, match="CHAT_TRUSTED_PROXIES: 'nginx'"):
+        Config.from_env({"CHAT_JWT_SECRET": SECRET, "CHAT_TRUSTED_PROXIES": "nginx"})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from handlers.http import client_address
 from tests.support import Connect, ServerFactory
 
 
@@ -73,3 +76,15 @@ async def test_with_a_cors_list_the_servers_own_origin_is_still_allowed(
                 assert (r.status == 200) is allowed, (origin, r.status)
                 if allowed:
                     assert r.headers.get("Access-Control-Allow-Origin") == origin
+
+
+def test_the_client_address_trusts_forwarded_for_only_from_trusted_proxies() -> None:
+    proxies = [ipaddress.ip_network("10.0.0.0/8")]
+    # A client that writes its own header is counted under its own address.
+    assert client_address("203.0.113.9", "198.51.100.1", proxies) == "203.0.113.9"
+    assert client_address("10.0.0.5", "198.51.100.1", []) == "10.0.0.5"
+    # Behind the proxies: the right-most hop that is not one of them; what the
+    # client prepended itself (left of it) is ignored.
+    assert client_address("10.0.0.5", "1.1.1.1, 198.51.100.1", proxies) == "198.51.100.1"
+    assert client_address("10.0.0.5", "198.51.100.1, 10.0.0.7", proxies) == "198.51.100.1"
+    assert client_address("10.0.0.5", None, proxies) == "10.0.0.5"
