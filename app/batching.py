@@ -29,6 +29,10 @@ class Abandoned(Exception):
     """An item whose caller stopped waiting before its batch started: it was never run."""
 
 
+class Interrupted(Exception):
+    """An item whose batch was cancelled (shutdown) while it ran: its outcome is unknown."""
+
+
 class BatchingQueue(Generic[I, R]):
     def __init__(
         self,
@@ -44,6 +48,7 @@ class BatchingQueue(Generic[I, R]):
         self._queue: deque[_Entry[I, R]] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def submit(self, item: I, timeout_s: float) -> R:
         """Queue `item` and wait for its result.
@@ -54,6 +59,8 @@ class BatchingQueue(Generic[I, R]):
         item that may have been committed is never reported as not done.
         Callers of one queue pass the same `timeout_s` (items expire in order).
         """
+        if self._closed:
+            raise Abandoned(f"{self._name}: shut down")
         loop = asyncio.get_running_loop()
         entry: _Entry[I, R] = _Entry(item, loop.create_future(), loop.time() + timeout_s)
         self._queue.append(entry)
@@ -95,6 +102,10 @@ class BatchingQueue(Generic[I, R]):
                     for entry in batch:
                         _settle(entry.future, exc)
                     continue
+                except BaseException:  # cancelled mid-batch (shutdown)
+                    for entry in batch:
+                        _settle(entry.future, Interrupted(f"{self._name}: cancelled mid-batch"))
+                    raise
                 for entry, outcome in zip(batch, outcomes, strict=True):
                     _settle(entry.future, outcome)
         finally:
@@ -102,10 +113,23 @@ class BatchingQueue(Generic[I, R]):
             while self._queue:  # cancelled (shutdown) with work still queued
                 _settle(self._queue.popleft().future, Abandoned(f"{self._name}: shut down"))
 
-    async def close(self) -> None:
-        """Shutdown: let the queue drain, so every caller still waiting gets its answer."""
-        if self._runner is not None:
-            await asyncio.shield(self._runner)
+    async def close(self, timeout_s: float) -> bool:
+        """Shutdown: take nothing new; let the queue drain so every caller gets its answer.
+
+        Returns False when it has not drained within `timeout_s` (see cancel).
+        """
+        self._closed = True
+        if self._runner is None:
+            return True
+        done, _ = await asyncio.wait({self._runner}, timeout=timeout_s)
+        return bool(done)
+
+    async def cancel(self) -> None:
+        """Stop the batch in flight; its callers get Interrupted, the queued ones Abandoned."""
+        runner = self._runner
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
 
 def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:

@@ -11,43 +11,27 @@ import asyncio
 import contextvars
 import fcntl
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from asyncmy.errors import MySQLError
 from tortoise import context as tortoise_context
 from tortoise.backends.base.client import TransactionContextPooled, TransactionalDBClient
 from tortoise.connection import get_connections
 from tortoise.context import TortoiseContext
 from tortoise.transactions import in_transaction
-from tortoise.exceptions import DBConnectionError, OperationalError, TransactionManagementError
 
 from app.config import Config, ConfigError
 from app.errors import Unavailable
+from app.storage.failures import is_storage_failure
+from app.storage.writer import WriteConnections, driver_for
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 APP_LABEL = "models"
-
-# What a storage outage looks like from Tortoise and the drivers beneath it.
-# MySQLError covers asyncmy's InterfaceError (a connection that can no longer be
-# used, e.g. after a cancelled query), which Tortoise does not translate on
-# rollback, and a 2006 "server has gone away" from any statement.
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    DBConnectionError,
-    OperationalError,
-    TransactionManagementError,
-    MySQLError,
-    sqlite3.Error,
-    OSError,
-    TimeoutError,
-)
-
 
 def tortoise_config(database_url: str, lock_wait_s: int | None = None) -> dict[str, Any]:
     # The connection is named after its dialect because Tortoise caches compiled
@@ -181,6 +165,13 @@ class Database:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._orm: TortoiseContext | None = None
+        # Group commits run on connections of their own (app/storage/writer.py).
+        self.writes = WriteConnections(
+            driver_for(config.database_url, lock_wait_s(config), config.call_timeout_s),
+            config.call_timeout_s,
+        )
+        self._suspected_at = 0.0
+        self._clearing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         orm = TortoiseContext()
@@ -202,11 +193,24 @@ class Database:
                 await self.close()
                 raise ConfigError(f"CHAT_DATABASE_URL: cannot open the SQLite database: {e}") from e
 
-    async def close(self) -> None:
-        if self._orm is not None:
-            with self.bound():
-                await self._orm.close_connections()
-            self._orm = None
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close every connection, within `timeout_s` whatever the database does.
+
+        The ORM's pool waits for connections still in use; one stuck on a dead
+        network path would make it wait forever, so past the limit they are
+        dropped.
+        """
+        await self.writes.close()
+        if self._orm is None:
+            return
+        with self.bound():
+            try:
+                await asyncio.wait_for(self._orm.close_connections(), timeout_s)
+            except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing regardless
+                logger.warning("storage: connections did not close in time (%r); dropped", exc)
+                for pool in self._pools():
+                    pool.terminate()
+        self._orm = None
 
     @contextmanager
     def bound(self) -> Iterator[TortoiseContext]:
@@ -235,10 +239,48 @@ class Database:
             try:
                 async with asyncio.timeout(timeout_s):
                     yield orm
-            except STORAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_storage_failure(exc):
+                    raise
                 # The database going away is an outage to report, not a bug to trace.
                 logger.error("storage failure in %s: %r", where, exc)
+                self.suspect()
                 raise Unavailable("storage is unavailable, try again later") from exc
+
+    def suspect(self) -> None:
+        """A storage step failed: the pool's idle connections may be dead without knowing it.
+
+        A connection frozen on a dead network path looks healthy to the pool
+        until a query on it runs out of time; after an outage every idle one
+        would cost a caller the whole time limit. They are closed instead (at
+        most once a second), and the pool opens fresh ones as they are needed.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._suspected_at < 1.0 or self._clearing is not None:
+            return
+        self._suspected_at = loop.time()
+
+        async def clear() -> None:
+            try:
+                for pool in self._pools():
+                    await asyncio.wait_for(pool.clear(), 2.0)
+            except Exception as exc:  # noqa: BLE001 - best effort; the pool drops dead ones too
+                logger.debug("storage: clearing idle connections failed: %r", exc)
+            finally:
+                self._clearing = None
+
+        self._clearing = loop.create_task(clear())
+
+    def _pools(self) -> list[Any]:
+        """The asyncmy pools behind the ORM's MySQL connections (none on SQLite)."""
+        if self._orm is None:
+            return []
+        pools = []
+        for client in self._orm.connections.all():
+            pool = getattr(client, "_pool", None)
+            if pool is not None:
+                pools.append(pool)
+        return pools
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionalDBClient]:

@@ -117,12 +117,18 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+# Shutdown runs after the drain, which took the grace: whatever the database
+# does, answering the queued writes and closing connections take this long at most.
+STORE_CLOSE_S = 0.5
+DB_CLOSE_S = 0.3
+
+
 async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
     db = app[DB]
     await db.open()
     yield
-    await app[STORE].close()  # answer the writes still queued before the connections go
-    await db.close()
+    await app[STORE].close(STORE_CLOSE_S)  # answer the writes still queued before the connections go
+    await db.close(DB_CLOSE_S)
 
 
 async def presence_ctx(app: web.Application) -> AsyncIterator[None]:

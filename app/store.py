@@ -28,14 +28,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
 from tortoise.functions import Count
 
-from app.batching import Abandoned, BatchingQueue
+from app.batching import Abandoned, BatchingQueue, Interrupted
 from app.db import Database
+from app.storage.failures import is_storage_failure
 from app.domain import ChangePosition, ChatMessage
-from app.errors import Unavailable
+from app.errors import InvalidArgument, Unavailable
+from app.storage.writer import OutcomeUnknown, Tx
 from models import Conversation, Message, Status, User
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,12 @@ class UserChange:
     changes: tuple[tuple[str, str | None], ...]  # (column, value), columns of chat_user
 
 
-Write = NewMessage | Receipt | ReadAll | UserChange
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Nothing to store: proves that a batch can commit (readiness)."""
+
+
+Write = NewMessage | Receipt | ReadAll | UserChange | Probe
 
 
 class ReceiptResult(enum.Enum):
@@ -171,10 +177,19 @@ class MessageStore:
         """Raise unless the database answers a trivial query (readiness; not logged here)."""
         await self._db.ping()
 
-    async def close(self) -> None:
-        """Answer every write and lookup still queued (shutdown)."""
-        await self._writes.close()
-        await self._peer_reads.close()
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Answer every write and lookup still queued, within `timeout_s` (shutdown).
+
+        A batch whose COMMIT went unanswered waits to learn its outcome; at the
+        limit it stops waiting, and whatever is still running is cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for queue in (self._writes, self._peer_reads):
+            if not await queue.close(max(0.0, deadline - loop.time())):
+                self._db.writes.stop_resolving()
+                if not await queue.close(0.2):
+                    await queue.cancel()
 
     # -- writes -------------------------------------------------------------
 
@@ -213,19 +228,35 @@ class MessageStore:
         except Abandoned:
             logger.error("storage failure: a write waited %s s for its batch", self._timeout_s)
             raise Unavailable("storage is unavailable, try again later") from None
+        except Interrupted:
+            raise OutcomeUnknown("the server shut down while this write was committing") from None
+
+    async def probe_write(self, timeout_s: float) -> None:
+        """Raise unless a write batch commits within `timeout_s` (readiness)."""
+        try:
+            # The item keeps the queue's own limit (items expire in order); the
+            # caller stops waiting sooner, and the probe, a no-op, may still run.
+            await asyncio.wait_for(self._writes.submit(Probe(), self._timeout_s), timeout_s)
+        except (Abandoned, Interrupted, TimeoutError):
+            raise Unavailable("no write batch committed in time") from None
 
     async def _commit(self, writes: list[Write]) -> list[Any]:
         """One batch: one transaction, multi-row statements, one change number.
 
-        The time limit covers the statements but not the COMMIT: a commit is
-        never cancelled half-way and then reported as not done.
+        Every step, the COMMIT included, is bounded by the call time limit on
+        a connection of the write path's own (app/storage/writer.py). A COMMIT
+        that got no answer is resolved before anyone is answered: `committed`
+        looks for the batch's rows on a fresh connection.
         """
-        async with self._db.session(None, "write batch"):
-            async with self._db.transaction() as conn:
-                async with asyncio.timeout(self._timeout_s):
-                    outcomes = await _Batch(self._sql, conn, writes).run()
-            # Committed: leaving the transaction ran the COMMIT.
-        return outcomes
+        batch = _Batch(self._sql, writes)
+        try:
+            return await self._db.writes.run(batch.run, batch.committed)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            logger.error("storage failure in a write batch: %r", exc)
+            self._db.suspect()
+            raise Unavailable("storage is unavailable, try again later") from exc
 
     # -- reads --------------------------------------------------------------
 
@@ -357,6 +388,8 @@ class Sql:
 
     def __init__(self, dialect: str) -> None:
         self.mysql = dialect == "mysql"
+        # SQLite has no row locks: BEGIN IMMEDIATE took the database's write lock.
+        self.for_update = " FOR UPDATE" if self.mysql else ""
 
     def __call__(self, statement: str) -> str:
         """Write statements with ``?`` placeholders; MySQL's driver wants ``%s``."""
@@ -399,32 +432,78 @@ def message_from_row(row: Mapping[str, Any]) -> ChatMessage:
 class _Batch:
     """The statements of one group commit, run on one transaction's connection."""
 
-    def __init__(self, sql: Sql, conn: BaseDBAsyncClient, writes: list[Write]) -> None:
+    def __init__(self, sql: Sql, writes: list[Write]) -> None:
         self.sql = sql
-        self.conn = conn
         self.writes = writes
         self.outcomes: list[Any] = [None] * len(writes)
         self.status: dict[int, Status] = {}  # message row -> status as this batch leaves it
         self.rows: dict[int, ChatMessage] = {}
+        # What `committed` looks for: the rows this batch inserted, moved or upserted.
+        self.inserted: list[str] = []
+        self.moved: list[int] = []
+        self.seq = 0
+        self.user_rows: list[tuple[tuple[str, ...], UserChange]] = []
+        self.conn: Tx
 
     async def query(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list((await self.conn.execute_query(self.sql(statement), list(params)))[1])
+        return await self.conn.query(self.sql(statement), params)
 
     async def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
-        return int((await self.conn.execute_query(self.sql(statement), list(params)))[0])
+        return await self.conn.execute(self.sql(statement), params)
 
-    async def run(self) -> list[Any]:
+    async def run(self, conn: Tx) -> list[Any]:
+        self.conn = conn
         # Reads first, so a batch with nothing to change takes no change number.
         await self._receipts()
         await self._read_alls()
-        new = [(i, w) for i, w in enumerate(self.writes) if isinstance(w, NewMessage)]
+        new = await self._not_repeats(
+            [(i, w) for i, w in enumerate(self.writes) if isinstance(w, NewMessage)]
+        )
         moved = [row for row, status in self.status.items() if status > self.rows[row].status]
         if new or moved:
             seq = await self._next_change()
             await self._move(moved, seq)
             await self._insert(new, seq)
+        elif any(isinstance(w, Probe) for w in self.writes):
+            # Readiness: wait for the counter's lock as a real write would.
+            await self.query(
+                f"SELECT value FROM chat_counter WHERE name = ?{self.sql.for_update}",
+                [CHANGE_COUNTER],
+            )
         await self._users()
         return self.outcomes
+
+    async def committed(self, conn: Tx) -> bool:
+        """Whether this batch's effects are stored (asked when its COMMIT went unanswered).
+
+        New messages decide it exactly: their uuids exist nowhere else. A batch
+        of receipts is stored when its rows carry its change number and at
+        least the status it gave them; a batch of user changes when the rows
+        hold what it wrote. A batch that changed nothing is trivially stored.
+        """
+        self.conn = conn
+        if self.inserted:
+            marks = ", ".join("?" * len(self.inserted))
+            rows = await self.query(
+                f"SELECT COUNT(*) AS n FROM chat_message WHERE uuid IN ({marks})", self.inserted
+            )
+            return int(rows[0]["n"]) > 0
+        if self.moved:
+            marks = ", ".join("?" * len(self.moved))
+            rows = await self.query(
+                f"SELECT id, status, change_seq FROM chat_message WHERE id IN ({marks})", self.moved
+            )
+            return any(
+                int(r["change_seq"]) == self.seq and int(r["status"]) >= self.status[int(r["id"])]
+                for r in rows
+            )
+        for columns, change in self.user_rows:
+            rows = await self.query(
+                f"SELECT {', '.join(columns)} FROM chat_user WHERE id = ?", [change.user_id]
+            )
+            if not rows or any(rows[0][c] != v for c, v in change.changes):
+                return False
+        return True
 
     async def _next_change(self) -> int:
         # Bumping the row locks it until COMMIT: change numbers become visible in order.
@@ -487,6 +566,7 @@ class _Batch:
 
     async def _move(self, moved: list[int], seq: int) -> None:
         """Write each moved message's final status, one UPDATE per status."""
+        self.moved, self.seq = moved, seq
         for status in sorted({self.status[row] for row in moved}):
             rows = [row for row in moved if self.status[row] == status]
             for chunk in _chunks(rows, IN_CHUNK):
@@ -503,6 +583,29 @@ class _Batch:
             elif isinstance(self.writes[i], ReadAll):
                 self.outcomes[i] = [_moved(m, self.status, seq) for m in outcome]
 
+    async def _not_repeats(
+        self, new: list[tuple[int, NewMessage]]
+    ) -> list[tuple[int, NewMessage]]:
+        """Answer the sends whose (sender, clientMessageId) is stored already; return the rest.
+
+        Looked up before anything is written, so a batch of nothing but repeats
+        (a client retrying after a lost ack) takes no change number and changes
+        nothing. Repeats within the batch, or racing another instance, are left
+        to the unique key (see _insert).
+        """
+        keyed = [w for _, w in new if w.client_message_id is not None]
+        if not keyed:
+            return new
+        earlier = await self._by_client_id(keyed)
+        rest = []
+        for i, w in new:
+            first = earlier.get((w.sender_id, w.client_message_id or ""))
+            if first is None:
+                rest.append((i, w))
+            else:
+                self.outcomes[i] = _repeat(first, w)
+        return rest
+
     async def _insert(self, new: list[tuple[int, NewMessage]], seq: int) -> None:
         if not new:
             return
@@ -514,6 +617,7 @@ class _Batch:
                 uid, w.sender_id, w.receiver_id, pair_key(w.sender_id, w.receiver_id), w.text,
                 int(Status.SENT), w.client_message_id, created_at, seq,
             ]
+        self.inserted = uuids
         columns = (
             "uuid", "sender_id", "receiver_id", "pair_key", "text", "status",
             "client_message_id", "created_at", "change_seq",
@@ -538,7 +642,7 @@ class _Batch:
                 heads[(message.sender_id, message.receiver_id)] = message
                 heads[(message.receiver_id, message.sender_id)] = message
             else:
-                self.outcomes[i] = (earlier[(w.sender_id, w.client_message_id or "")], False)
+                self.outcomes[i] = _repeat(earlier[(w.sender_id, w.client_message_id or "")], w)
         rows = [(owner, peer, m.row, m.created_at) for (owner, peer), m in heads.items()]
         if rows:
             statement = self.sql.upsert(
@@ -572,11 +676,24 @@ class _Batch:
                 params: list[Any] = []
                 for w in chunk:
                     params += [w.user_id, *(v for _, v in w.changes), now]
+                    self.user_rows.append((columns, w))
                 statement = self.sql.upsert(
                     "chat_user", ("id", *columns, "updated_at"), "id", len(chunk),
                     (*columns, "updated_at"),
                 )
                 await self.execute(statement, params)
+
+
+def _repeat(first: ChatMessage, again: NewMessage) -> tuple[ChatMessage, bool] | InvalidArgument:
+    """A send whose key is taken: the first message again, or refused if it is another one.
+
+    Like a reused idempotency key at a payment API: the same key with another
+    receiver or text is a client bug, not a retry, and must not be taken as
+    the first message (the second one would silently never be stored).
+    """
+    if (first.receiver_id, first.text) != (again.receiver_id, again.text):
+        return InvalidArgument("clientMessageId was already used for another message")
+    return (first, False)
 
 
 def _moved(m: ChatMessage, status: dict[int, Status], seq: int) -> ChatMessage:

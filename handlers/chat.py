@@ -25,6 +25,7 @@ from app.errors import RateLimited, Unauthorized, Unavailable, UnknownEvent, cli
 from app.metrics import Metrics
 from app.presence import Presence
 from app.service import ChatService
+from app.storage.writer import OutcomeUnknown
 from handlers.limits import UserBudgets
 from handlers.routing import ok, routes_of
 from handlers.wire import Json, conversation_dto, message_dto, server_event, sync_page
@@ -111,7 +112,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             return await self._on_disconnect(sid)
         return await self._call(sid, event, payload)
 
-    async def _call(self, sid: str, event: Any, payload: tuple[Any, ...]) -> dict[str, Any]:
+    async def _call(self, sid: str, event: Any, payload: tuple[Any, ...]) -> Any:
         started = time.perf_counter()
         # A hostile client can name its event with a list or an object: not a route.
         route = self._routes.get(event) if isinstance(event, str) else None
@@ -129,6 +130,12 @@ class ChatNamespace(socketio.AsyncNamespace):
             if route is None:
                 raise UnknownEvent(f"no such method: {str(event)[:64]}")
             return ok(await route.handler(caller, *route.bind(payload)))
+        except OutcomeUnknown:
+            # Shutting down before a write's outcome was known: any answer could
+            # be a lie. None goes out; the client retries with the same
+            # clientMessageId on the instance it reconnects to.
+            self._metrics.errors.labels("outcome_unknown").inc()
+            return self.server.not_handled
         except Exception as exc:  # the edge: nothing escapes, every failure is an envelope
             error = client_error(exc, event if route else "unknown event")
             self._metrics.errors.labels(error.code).inc()

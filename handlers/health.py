@@ -12,6 +12,9 @@ from app.appkeys import BACKPLANE, CONFIG, METRICS, NAMESPACE, STORE
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+# A write batch must commit within this for the instance to be ready: under the
+# 2 s a load balancer's check usually allows, and far above a healthy commit.
+WRITE_PROBE_S = 1.5
 
 routes = web.RouteTableDef()
 
@@ -26,12 +29,22 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     if request.app[NAMESPACE].draining:
         checks["shutdown"] = "draining"  # a load balancer should stop sending clients here
-    try:
-        await asyncio.wait_for(request.app[STORE].ping(), READY_TIMEOUT_S)
-        checks["database"] = "ok"
-    except Exception as exc:
-        logger.warning("readiness: database unreachable: %r", exc)
+    store = request.app[STORE]
+    # Reads and writes can fail apart: a frozen write connection, a lock held by a
+    # dead session, a read-only database all still answer SELECT 1.
+    read, write = await asyncio.gather(
+        asyncio.wait_for(store.ping(), READY_TIMEOUT_S),
+        store.probe_write(WRITE_PROBE_S),
+        return_exceptions=True,
+    )
+    if isinstance(read, BaseException):
+        logger.warning("readiness: database unreachable: %r", read)
         checks["database"] = "unreachable"
+    elif isinstance(write, BaseException):
+        logger.warning("readiness: writes do not commit: %r", write)
+        checks["database"] = "writes failing"
+    else:
+        checks["database"] = "ok"
     ready = all(v == "ok" for v in checks.values())
     backplane = request.app.get(BACKPLANE)
     if backplane is not None:

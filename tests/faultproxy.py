@@ -11,6 +11,10 @@ The server is pointed at the proxy's port instead of the service's; the test
   on them: no bytes either way, no close (a firewall that drops packets).
 - ``reset()``: every open connection is closed with a TCP reset.
 - ``latency_s``: each chunk is held this long before it is passed on.
+- ``freeze_when(marker, deliver)``: the next connection that sends a chunk
+  holding `marker` (a MySQL ``COMMIT``, say) freezes right there, the chunk
+  passed on first (``deliver=True``: the server acts, its answer is lost) or
+  held (``deliver=False``: the server never hears it).
 
 The proxy runs in the caller's event loop; the services behind it are never
 touched (the shared MariaDB and Redis keep running for everyone else).
@@ -47,6 +51,8 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._blackhole = False
+        self._trap: tuple[bytes, bool] | None = None
+        self.trapped = asyncio.Event()
         self.accepted = 0
 
     async def start(self) -> int:
@@ -87,6 +93,10 @@ class FaultProxy:
         for link in list(self._links):
             self._drop(link, rst=True)
 
+    def freeze_when(self, marker: bytes, deliver: bool) -> None:
+        self._trap = (marker, deliver)
+        self.trapped.clear()
+
     def heal(self) -> None:
         """Back to a plain proxy for new connections; frozen ones carry on."""
         self._blackhole = False
@@ -120,12 +130,23 @@ class FaultProxy:
         link.upstream = up_writer
         loop = asyncio.get_running_loop()
         link.tasks = [
-            loop.create_task(self._pump(link, reader, up_writer)),
-            loop.create_task(self._pump(link, up_reader, writer)),
+            loop.create_task(self._pump(link, reader, up_writer, upstream=True)),
+            loop.create_task(self._pump(link, up_reader, writer, upstream=False)),
         ]
 
+    def _sprung(self, link: _Link, data: bytes) -> bool | None:
+        """None: no trap here; else the trap fired and whether to pass the chunk on."""
+        if self._trap is None or self._trap[0] not in data:
+            return None
+        deliver = self._trap[1]
+        self._trap = None
+        link.flowing.clear()
+        self.trapped.set()
+        return deliver
+
     async def _pump(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        upstream: bool,
     ) -> None:
         try:
             while True:
@@ -135,6 +156,10 @@ class FaultProxy:
                     break
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
+                if upstream and (deliver := self._sprung(link, data)) is not None:
+                    if deliver:
+                        writer.write(data)
+                    continue  # frozen from here on
                 await link.flowing.wait()  # frozen while the chunk was in hand: hold it
                 writer.write(data)
                 await writer.drain()

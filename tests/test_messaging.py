@@ -114,6 +114,32 @@ async def test_repeated_client_message_id_returns_first_id_and_delivers_once(
     assert len(await bob.ok("GetMessageHistory", "alice", "bob")) == 2
 
 
+async def test_a_client_message_id_reused_for_another_message_is_refused_and_stores_nothing(
+    server: TestServer, connect: Connect, db_state
+) -> None:
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
+    first = await alice.ok("SendMessage", "alice", "bob", "the first", "key-1")
+    before = await db_state()
+
+    # Like a reused idempotency key at a payment API: not taken as the first message.
+    for receiver, text in (("carol", "the first"), ("bob", "another text")):
+        reply = await alice.call("SendMessage", "alice", receiver, text, "key-1")
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid_argument", reply
+        assert "clientMessageId" in reply["error"]["message"]
+    assert await db_state() == before
+
+    # In one batch too: the second of two racing sends with the key is refused.
+    racing = await asyncio.gather(
+        alice.call("SendMessage", "alice", "bob", "one", "key-2"),
+        alice.call("SendMessage", "alice", "bob", "two", "key-2"),
+    )
+    assert sorted(r["ok"] for r in racing) == [False, True], racing
+    assert await alice.ok("SendMessage", "alice", "bob", "the first", "key-1") == first
+    await flush(bob, via=alice)
+    assert len(bob.named("ReceiveMessage")) == 2
+    assert len(await bob.ok("GetMessageHistory", "alice", "bob")) == 2
+
+
 async def test_concurrent_sends_with_one_client_message_id_store_one_message(
     server: TestServer,
     connect: Connect,

@@ -1,0 +1,1 @@
+"""Storage: everything that talks to the database, and nothing above it does."""

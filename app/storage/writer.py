@@ -1,0 +1,352 @@
+"""The write path's own database connections: every step bounded, none reused after it hangs.
+
+Group commits (app/store.py) run on connections of their own rather than on
+the ORM's pool, because a write that stops half-way needs what a pool does
+not do:
+
+- Every step (connect, BEGIN, each statement, COMMIT) is bounded by the call
+  time limit. A connection whose step ran out of time or failed is in an
+  unknown state: it is closed and never used again, and the next batch opens
+  a fresh one as soon as the database answers.
+- On MySQL/MariaDB a connection we gave up on may still be alive on the
+  server (a frozen network path sends no FIN and no reset), holding the change
+  counter's row lock: every later batch would wait on that lock until the
+  server's ``wait_timeout`` (hours). So its server thread is killed from the
+  next connection that works, before that connection writes anything.
+- When the COMMIT gets no answer the batch may or may not be stored. Its
+  callers are not answered until that is known: the old session is killed
+  (so it can no longer commit) and gone, then the batch's own rows are looked
+  for on a fresh connection. ``unavailable`` therefore always means "not
+  stored". Only a shutdown can stop the looking: those callers then get
+  :class:`OutcomeUnknown`, which the edge answers with nothing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from app.errors import ChatError
+from app.storage.failures import is_storage_failure
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Between two attempts to learn an unanswered COMMIT's outcome.
+RESOLVE_RETRY_S = 0.5
+# Closing a connection we gave up on must not hold anything up.
+DISCARD_TIMEOUT_S = 2.0
+
+
+class OutcomeUnknown(ChatError):
+    """A COMMIT was sent and never answered, and the server shut down before it was learned.
+
+    The write may or may not be stored. The edge sends no answer at all (the
+    client's retry with the same ``clientMessageId`` is safe either way).
+    """
+
+    code = "unavailable"
+    http_status = 503
+
+
+class Tx(Protocol):
+    """What a batch's work sees of its transaction."""
+
+    async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> int: ...
+
+
+class Link(Tx, Protocol):
+    """One open connection of a driver."""
+
+    thread_id: int | None  # the server's id for it (MySQL), to kill it with
+
+    async def begin(self) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    def abort(self) -> None:
+        """Close at once, without a goodbye to the server."""
+
+    async def close(self) -> None:
+        """Close a healthy connection."""
+
+
+class Driver(Protocol):
+    async def open(self) -> Link: ...
+
+    async def kill(self, link: Link, thread_id: int) -> None:
+        """End another connection's server session and wait until it is gone."""
+
+
+class WriteConnections:
+    """Run batches, each on a connection of its own, as transactions that cannot hang."""
+
+    def __init__(self, driver: Driver, timeout_s: float) -> None:
+        self._driver = driver
+        self._timeout_s = timeout_s
+        self._idle: list[Link] = []
+        # Server threads of connections we gave up on, killed before the next write.
+        self._zombies: set[int] = set()
+        self._closing = asyncio.Event()
+
+    async def run(
+        self,
+        work: Callable[[Tx], Awaitable[T]],
+        committed: Callable[[Tx], Awaitable[bool]],
+    ) -> T:
+        """Run `work` in a transaction and commit it; return its result once stored.
+
+        Raises a storage failure (never stored), or :class:`OutcomeUnknown`
+        at shutdown. `committed` answers, on a fresh connection, whether the
+        work's effects are stored; it is asked only when the COMMIT went
+        unanswered.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        committing = False
+        link: Link | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                link = await self._begin()
+                result = await work(link)
+                committing = True
+                await link.commit()
+        except BaseException as exc:
+            if link is not None:
+                self._give_up(link)
+            if not committing or isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.error("storage failure: a COMMIT got no answer (%r); learning its outcome", exc)
+            if await self._resolve(committed):
+                return result
+            raise
+        self._idle.append(link)
+        return result
+
+    async def _begin(self) -> Link:
+        """A connection in a new transaction.
+
+        An idle connection may have died since its last batch (the database
+        restarted): nothing was sent on it yet, so a fresh one is tried at once.
+        """
+        if self._idle:
+            link = self._idle.pop()
+            try:
+                await link.begin()
+                return link
+            except BaseException as exc:
+                self._give_up(link)
+                if isinstance(exc, asyncio.CancelledError) or not is_storage_failure(exc):
+                    raise
+        link = await self._link()
+        try:
+            await link.begin()
+        except BaseException:
+            self._give_up(link)
+            raise
+        return link
+
+    async def _link(self) -> Link:
+        """A fresh connection, once the sessions we gave up on are gone."""
+        link = await self._driver.open()
+        try:
+            for thread_id in list(self._zombies):
+                # Before this connection writes: a zombie may hold the counter's lock.
+                await self._driver.kill(link, thread_id)
+                self._zombies.discard(thread_id)
+        except BaseException:
+            link.abort()
+            raise
+        return link
+
+    def _give_up(self, link: Link) -> None:
+        if link.thread_id is not None:
+            self._zombies.add(link.thread_id)
+        link.abort()
+
+    async def _resolve(self, committed: Callable[[Tx], Awaitable[bool]]) -> bool:
+        """Whether the unanswered batch is stored, asked until the database answers."""
+        while not self._closing.is_set():
+            try:
+                link = None
+                async with asyncio.timeout(self._timeout_s):
+                    link = await self._link()  # kills the old session first, and waits for it
+                    # In a transaction of its own: on SQLite BEGIN IMMEDIATE waits
+                    # until a stalled writer's transaction is over, one way or the other.
+                    await link.begin()
+                    stored = await committed(link)
+                    await link.commit()
+                self._idle.append(link)
+                logger.warning(
+                    "storage: the unanswered COMMIT was %s", "stored" if stored else "not stored"
+                )
+                return stored
+            except Exception as exc:  # noqa: BLE001 - still down: ask again
+                if link is not None:
+                    self._give_up(link)
+                if not is_storage_failure(exc):
+                    raise
+                logger.warning("storage: cannot learn the COMMIT's outcome yet (%r)", exc)
+            try:
+                await asyncio.wait_for(self._closing.wait(), RESOLVE_RETRY_S)
+            except TimeoutError:
+                pass
+        raise OutcomeUnknown("the server shut down before this write's outcome was known")
+
+    def stop_resolving(self) -> None:
+        """Shutdown: callers waiting on an unanswered COMMIT get OutcomeUnknown."""
+        self._closing.set()
+
+    async def close(self) -> None:
+        self._closing.set()
+        idle, self._idle = self._idle, []
+        for link in idle:
+            try:
+                await asyncio.wait_for(link.close(), DISCARD_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - closing regardless
+                link.abort()
+
+
+# -- MySQL / MariaDB ----------------------------------------------------------
+
+
+class MySQLLink:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.thread_id: int | None = conn.thread_id()
+
+    async def begin(self) -> None:
+        await self._conn.begin()
+
+    async def commit(self) -> None:
+        await self._conn.commit()
+
+    async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        from asyncmy.cursors import DictCursor
+
+        async with self._conn.cursor(DictCursor) as cursor:
+            await cursor.execute(statement, list(params))
+            return list(await cursor.fetchall())
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        async with self._conn.cursor() as cursor:
+            return int(await cursor.execute(statement, list(params)))
+
+    def abort(self) -> None:
+        self._conn.close()  # asyncmy's close() drops the transport, no QUIT
+
+    async def close(self) -> None:
+        await self._conn.ensure_closed()
+
+
+class MySQL:
+    """Opens connections like the ORM's (utf8mb4, the lock wait limit), one at a time."""
+
+    def __init__(self, url: str, lock_wait_s: int, connect_timeout_s: float) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self._options = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or "root"),
+            "password": unquote(parts.password or ""),
+            "db": parts.path.lstrip("/"),
+            "charset": query.get("charset", "utf8mb4"),
+            "autocommit": True,
+            "connect_timeout": connect_timeout_s,
+            # A lock that cannot be had fails the statement inside the call's time.
+            "init_command": f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}",
+        }
+
+    async def open(self) -> Link:
+        import asyncmy
+
+        return MySQLLink(await asyncmy.connect(**self._options))
+
+    async def kill(self, link: Link, thread_id: int) -> None:
+        try:
+            await link.execute("KILL CONNECTION %s", [thread_id])
+        except Exception as exc:  # noqa: BLE001
+            if "1094" not in str(exc):  # "Unknown thread id": gone already
+                raise
+        # KILL only flags the thread: wait until its session (and transaction) is over.
+        while await link.query(
+            "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", [thread_id]
+        ):
+            await asyncio.sleep(0.02)
+
+
+# -- SQLite ---------------------------------------------------------------------
+
+
+class SQLiteLink:
+    thread_id: int | None = None  # SQLite has no server session to kill
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def begin(self) -> None:
+        # IMMEDIATE takes the write lock now: batches are ordered like MySQL's counter lock.
+        await self._conn.execute("BEGIN IMMEDIATE")
+
+    async def commit(self) -> None:
+        await self._conn.execute("COMMIT")
+
+    async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self._conn.execute_fetchall(statement, list(params))]
+
+    async def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(statement, list(params))
+        try:
+            return int(cursor.rowcount)
+        finally:
+            await cursor.close()
+
+    def abort(self) -> None:
+        # aiosqlite closes on its own thread; a stalled one never returns, so don't wait.
+        task = asyncio.ensure_future(self._conn.close())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class SQLite:
+    """The same pragmas as the ORM's connection: WAL, fsync on every commit, a busy wait."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._path = Path(parts.netloc + parts.path)
+        query = dict(parse_qsl(parts.query))
+        self._pragmas = {
+            "journal_mode": "WAL",
+            "synchronous": query.get("synchronous", "FULL"),
+            "busy_timeout": query.get("busy_timeout", "5000"),
+            "foreign_keys": "ON",
+        }
+
+    async def open(self) -> Link:
+        import aiosqlite
+
+        conn = await aiosqlite.connect(self._path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        for name, value in self._pragmas.items():
+            await (await conn.execute(f"PRAGMA {name}={value}")).close()
+        return SQLiteLink(conn)
+
+    async def kill(self, link: Link, thread_id: int) -> None:
+        pass  # never called: SQLite links have no thread id
+
+
+def driver_for(database_url: str, lock_wait_s: int, connect_timeout_s: float) -> Driver:
+    if database_url.startswith("mysql://"):
+        return MySQL(database_url, lock_wait_s, connect_timeout_s)
+    return SQLite(database_url)
