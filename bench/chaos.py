@@ -171,7 +171,8 @@ class Rig:
             if not await ready_within(inst, READY_WAIT_S):
                 stop = await inst.terminate(GRACE_S + KILL_AFTER_SLACK_S)
                 await inst.start()
-                done.append(f"{inst.name} restarted (/readyz not 200 for {READY_WAIT_S:g} s)")
+                done.append(f"{inst.name} restarted (/readyz not 200 for {READY_WAIT_S:g} s; "
+                            f"{'SIGKILLed' if stop.killed else 'exited'} in {stop.seconds:.1f} s)")
         for inst in self.instances:
             if not await ready_within(inst, READY_WAIT_S):
                 raise RuntimeError(f"instance {inst.name} is not ready even after a restart")
@@ -399,6 +400,9 @@ def judge(row: Row, target: str, a: argparse.Namespace) -> None:
             row.missed.append(f"SIGTERM: still running after {GRACE_S + KILL_AFTER_SLACK_S:g} s, SIGKILLed")
         elif row.sigterm.seconds > GRACE_S + SIGTERM_SLACK_S:
             row.missed.append(f"SIGTERM exit took {row.sigterm.seconds:.1f} s")
+    for name, count in row.extra.get("tracebacks_in_logs", {}).items():
+        if count:
+            row.notes.append(f"{count} tracebacks in instance {name}'s log")
     if row.extra.get("crashed"):
         row.missed.append(f"instance {', '.join(row.extra['crashed'])} exited on its own")
 
@@ -506,7 +510,11 @@ async def run(a: argparse.Namespace, faults: list[str]) -> tuple[list[Row], dict
                 print(f"  {fault}: acked {r.acked}, lost {r.lost}, duplicated {r.duplicated}; "
                       + ("; ".join(r.missed) or "every target met"), file=sys.stderr, flush=True)
                 if i + 1 < len(faults):
-                    r.extra["before_next"] = await rig.ensure_ready(restart=r.ok_again_s is None)
+                    try:
+                        r.extra["before_next"] = await rig.ensure_ready(restart=r.ok_again_s is None)
+                    except Exception as e:  # noqa: BLE001 - the table of what was played still prints
+                        rows += [Row.failed(f, f"not played: {e}") for f in faults[i + 1:]]
+                        break
                     r.notes += [f"before the next fault: {x}" for x in r.extra["before_next"]
                                 if "started again" not in x]
         finally:
