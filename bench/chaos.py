@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.chaos_load import DISCONNECTED, NO_ANSWER, OK, Attempt, Load, now  # noqa: E402
+from bench.chaos_load import DISCONNECTED, NO_ANSWER, Attempt, Load, now  # noqa: E402
 from bench.chaos_parts import (  # noqa: E402
     Exit,
     Instance,
@@ -191,10 +191,11 @@ class Row:
     duplicated: int
     internal: int
     no_answer: int
-    max_ack_latency_s: float | None
+    max_ack_latency_s: float | None  # the longest a send waited
+    max_ack_unanswered: bool  # ... and it got no answer: the latency was at least that
     ok_again_s: float | None  # None: not within the run
     ready_503_s: float | None  # from fault on; None: never
-    # From fault on: the answer of the first failed send after which none was acked for
+    # From fault on: the start of the first failed send after which none was acked for
     # READY_TARGET_S (writes failing, not a blip); None: never.
     writes_failed_s: float | None
     sigterm: Exit | None
@@ -205,7 +206,7 @@ class Row:
 
     @classmethod
     def failed(cls, fault: str, error: str) -> Row:
-        return cls(fault, 0, 0, 0, 0, 0, 0, None, None, None, None, None, error=error,
+        return cls(fault, 0, 0, 0, 0, 0, 0, None, False, None, None, None, None, error=error,
                    missed=[f"could not be played: {error}"])
 
 
@@ -275,10 +276,13 @@ def figures(fault: str, load: Load, held: Stored, probe: ReadyProbe, rig: Rig, t
     sends = [x for x in load.attempts if x.cid is not None]
     outcomes = Counter(x.outcome for x in load.attempts)
     lost = [k for k, mid in load.acked.items() if mid not in held.ids.get(k, [])]
-    answered = [x.ended - x.started for x in sends if x.answered]
-    writes_failing = _writes_failing(sends, t_on)
-    ready_503 = _first_503(probe, rig, t_on)
     terminated = rig.a.terminated_at or float("inf")
+    failed = [x for x in sends if _failed(x, terminated)]
+    # The longest a send waited, answered or not: a hung call shows here even when it
+    # ended by its socket closing.
+    slowest = max(sends, key=lambda x: x.ended - x.started, default=None)
+    writes_failing = _writes_failing(sends, failed, t_on)
+    ready_503 = _first_503(probe, rig, t_on)
     closed = [x for x in sends if x.outcome == DISCONNECTED]
     row = Row(
         fault=fault,
@@ -288,7 +292,8 @@ def figures(fault: str, load: Load, held: Stored, probe: ReadyProbe, rig: Rig, t
         duplicated=max(held.duplicated_keys, held.duplicated_texts),
         internal=outcomes["internal"] + load.receipts["internal"],
         no_answer=outcomes[NO_ANSWER] + outcomes[DISCONNECTED],
-        max_ack_latency_s=max(answered) if answered else None,
+        max_ack_latency_s=None if slowest is None else slowest.ended - slowest.started,
+        max_ack_unanswered=slowest is not None and not slowest.answered,
         ok_again_s=_ok_again(load.attempts, t_on, t_off) if recovered else None,
         ready_503_s=None if ready_503 is None else ready_503 - t_on,
         writes_failed_s=None if writes_failing is None else writes_failing - t_on,
@@ -301,6 +306,7 @@ def figures(fault: str, load: Load, held: Stored, probe: ReadyProbe, rig: Rig, t
         "lost_examples": [list(k) for k in sorted(lost)[:5]],
         "duplicated_keys": held.duplicated_keys,
         "duplicated_texts": held.duplicated_texts,
+        "failed_sends": len(failed),
         "unacked_at_stop": len(load.pending),
         # Sends whose socket closed before an answer: sent before SIGTERM (in flight, which the
         # drain should have answered) or after it (racing the close; the client retries).
@@ -313,16 +319,21 @@ def figures(fault: str, load: Load, held: Stored, probe: ReadyProbe, rig: Rig, t
     return row
 
 
-def _writes_failing(sends: list[Attempt], t_on: float) -> float | None:
-    """When writes began failing for good: the answer of the first failed send (an error or
-    silence, not a socket SIGTERM closed) after which no send was acked for READY_TARGET_S.
-    A failure the next send gets past is a blip no balancer needs to hear of."""
+def _failed(x: Attempt, sigterm_at: float) -> bool:
+    """A send that failed: an error, silence, or a socket closed while it waited, except
+    a send made after the SIGTERM (it raced the close; the client simply retries)."""
+    return not x.ok and not (x.outcome == DISCONNECTED and x.started >= sigterm_at)
+
+
+def _writes_failing(sends: list[Attempt], failed: list[Attempt], t_on: float) -> float | None:
+    """When writes began failing: the start of the first failed send after which no send
+    was acked for READY_TARGET_S. A failure the other sends get past is a blip no balancer
+    needs to hear of."""
     oks = sorted(x.ended for x in sends if x.ok)
-    for x in sorted((x for x in sends if not x.ok and x.outcome != DISCONNECTED
-                     and x.started >= t_on), key=lambda x: x.ended):
-        i = bisect.bisect_right(oks, x.ended)
-        if i == len(oks) or oks[i] > x.ended + READY_TARGET_S:
-            return x.ended
+    for x in sorted((x for x in failed if x.started >= t_on), key=lambda x: x.started):
+        i = bisect.bisect_right(oks, x.started)
+        if i == len(oks) or oks[i] > x.started + READY_TARGET_S:
+            return x.started
     return None
 
 
@@ -384,14 +395,12 @@ def judge(row: Row, target: str, a: argparse.Namespace) -> None:
         if row.ready_503_s is None:
             row.missed.append("/readyz never 503 while writes failed")
         elif row.ready_503_s > row.writes_failed_s + READY_TARGET_S:
-            row.missed.append(f"/readyz 503 {row.ready_503_s - row.writes_failed_s:.1f} s "
+            row.missed.append(f"/readyz 503 {row.ready_503_s - row.writes_failed_s:.2f} s "
                               "after writes failed")
     if row.internal:
         row.notes.append(f"{row.internal} answers `internal` (a storage or Redis fault should "
                          "answer `unavailable`)")
-    failed_sends = sum(n for k, n in row.extra.get("outcomes", {}).items()
-                       if k not in (OK, DISCONNECTED) and not k.startswith("connect:"))
-    if target == "db" and not failed_sends and row.ready_503_s is not None:
+    if target == "db" and not row.extra.get("failed_sends") and row.ready_503_s is not None:
         row.notes.append(f"/readyz 503 at {row.ready_503_s:.1f} s while every write succeeded")
     if target == "redis" and row.ready_503_s is not None:
         row.missed.append("/readyz 503 on a Redis fault (documented: stays 200)")
@@ -444,9 +453,10 @@ def table(rows: list[Row]) -> str:
         cells = [
             r.fault, str(r.acked), str(r.stored), mark(str(r.lost), "lost"),
             mark(str(r.duplicated), "duplicates"), str(r.internal), str(r.no_answer),
-            "-" if r.max_ack_latency_s is None else f"{r.max_ack_latency_s:.1f}",
+            "-" if r.max_ack_latency_s is None else
+            f"{'≥ ' if r.max_ack_unanswered else ''}{r.max_ack_latency_s:.1f}",
             mark("not ok" if r.ok_again_s is None else f"{r.ok_again_s:.1f}", "ok again"),
-            mark("-" if r.ready_503_s is None else f"{r.ready_503_s:.1f}", "/readyz"),
+            mark("-" if r.ready_503_s is None else f"{r.ready_503_s:.2f}", "/readyz"),
             mark(sigterm, "SIGTERM"),
         ]
         lines.append("| " + " | ".join(cells) + " |")

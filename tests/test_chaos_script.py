@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.chaos import Row, _ok_again, _writes_failing, judge, table
+from bench.chaos import Row, _failed, _ok_again, _writes_failing, judge, table
 from bench.chaos_load import DISCONNECTED, OK, Attempt
 from bench.chaos_parts import Exit, mysql_rows
 from tests.support import mysql_admin, service_missing
@@ -63,22 +63,26 @@ def test_recovery_and_writes_failing_are_read_from_the_attempts() -> None:
     attempts = [_attempt(9.0, OK), _attempt(10.1, "unavailable"), _attempt(13.0, "unavailable"),
                 _attempt(18.95, "unavailable"), _attempt(19.25, OK), _attempt(19.5, OK)]
     assert round(_ok_again(attempts, 10.0, 18.0), 2) == 1.3
-    assert round(_writes_failing(attempts, 10.0) or 0, 2) == 10.15  # nothing acked for 2 s after it
-    # A lone failure the next send gets past is not "writes failing"; nor is a closed socket.
-    blip = [_attempt(10.1, "unavailable"), _attempt(10.3, OK), _attempt(11.0, DISCONNECTED),
-            _attempt(15.0, OK)]
-    assert _writes_failing(blip, 10.0) is None
+    assert _writes_failing(attempts, attempts[1:4], 10.0) == 10.1  # nothing acked for 2 s after
+    # A send that hung until SIGTERM (at 14) closed its socket failed; one sent after it
+    # only raced the close.
+    hung, raced = _attempt(12.0, DISCONNECTED, took=2.5), _attempt(14.2, DISCONNECTED)
+    assert [_failed(x, 14.0) for x in (hung, raced)] == [True, False]
+    # A lone failure the other sends get past is not "writes failing".
+    blip = [_attempt(10.1, "unavailable"), _attempt(10.3, OK), _attempt(15.0, OK)]
+    assert _writes_failing(blip, blip[:1], 10.0) is None
     assert _ok_again([_attempt(9.0, OK), _attempt(12.0, OK)], 10.0, 18.0) == 0.0
 
 
 def test_a_missed_target_is_marked_in_the_table() -> None:
     hung = Exit(seconds=8.0, code=-9, killed=True)
     row = Row("db-freeze", acked=100, stored=98, lost=2, duplicated=0, internal=0, no_answer=3,
-              max_ack_latency_s=3.0, ok_again_s=None, ready_503_s=2.0, writes_failed_s=3.0,
-              sigterm=hung)
+              max_ack_latency_s=6.0, max_ack_unanswered=True, ok_again_s=None, ready_503_s=2.5,
+              writes_failed_s=0.1, sigterm=hung)
     judge(row, "db", argparse.Namespace(recover=30))
     assert row.missed == ["2 acked messages lost", "answers not ok again within 30 s",
+                          "/readyz 503 2.40 s after writes failed",
                           "SIGTERM: still running after 8 s, SIGKILLed"]
     line = table([row]).splitlines()[-1]
-    assert line == ("| db-freeze | 100 | 98 | 2 ✗ | 0 | 0 | 3 | 3.0 | not ok ✗ | 2.0 "
+    assert line == ("| db-freeze | 100 | 98 | 2 ✗ | 0 | 0 | 3 | ≥ 6.0 | not ok ✗ | 2.50 ✗ "
                     "| killed at 8.0 ✗ |")
