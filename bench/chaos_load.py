@@ -177,12 +177,15 @@ class Load:
             await asyncio.sleep(CONNECT_PAUSE_S)
         self._clients.append(client)
 
-    async def _reconnect(self, client: Client, urls: list[str], record: bool) -> Client | None:
+    async def _reconnect(self, client: Client, urls: list[str], record: bool,
+                         receiving: bool = False) -> Client | None:
         """A new socket for the same user on the first instance that takes it; None once stopping."""
         while not self._stopping:
             started = now()
             for url in urls:
                 fresh = Client(client.user, client.secret)
+                if receiving:  # before connecting: a message right after the handshake counts too
+                    fresh.sio.on("ReceiveMessage", self._receipt_for(fresh), namespace="/chat")
                 if await fresh.connect(url):
                     self._clients.append(fresh)
                     return fresh
@@ -242,10 +245,10 @@ class Load:
             await asyncio.wait({client.gone}, timeout=0.5)
             if client.gone.done() and not self._stopping:
                 await client.close()
-                fresh = await self._reconnect(client, self.receive_urls, record=False)
+                fresh = await self._reconnect(client, self.receive_urls, record=False,
+                                              receiving=True)
                 if fresh is None:
                     return
-                fresh.sio.on("ReceiveMessage", self._receipt_for(fresh), namespace="/chat")
                 client = fresh
 
     def recovered_since(self, since: float, stuck_s: float) -> bool:

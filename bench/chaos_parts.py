@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,9 +23,14 @@ from typing import Any
 import aiohttp
 
 from bench.chaos_load import now
-from tests.support import MYSQL_ADMIN_URL, free_port, mysql_connect_kwargs, wait_listening
+from tests.support import (
+    MYSQL_ADMIN_URL,
+    SERVER_SCRIPT as SERVER,
+    free_port,
+    mysql_connect_kwargs,
+    wait_listening,
+)
 
-SERVER = str(Path(sys.executable).with_name("chat-server"))
 START_TIMEOUT_S = 30.0  # for an instance to listen
 READY_EVERY_S = 0.1
 # A readiness probe that has not answered by then counts as no answer, as a balancer's would.
