@@ -35,6 +35,8 @@ START_TIMEOUT_S = 30.0  # for an instance to listen
 READY_EVERY_S = 0.1
 # A readiness probe that has not answered by then counts as no answer, as a balancer's would.
 READY_TIMEOUT_S = 3.0
+# For one statement on the shared MariaDB (a DROP waits for the locks of open transactions).
+MYSQL_TIMEOUT_S = 30.0
 
 
 # -- the database ------------------------------------------------------------------
@@ -48,7 +50,7 @@ async def mysql_rows(sql: str, database: str | None = None,
     conn = await asyncmy.connect(**mysql_connect_kwargs(), db=database, connect_timeout=5)
     try:
         async with conn.cursor() as cur:
-            await cur.execute(sql, params)
+            await asyncio.wait_for(cur.execute(sql, params), MYSQL_TIMEOUT_S)
             rows = list(await cur.fetchall())
         await conn.commit()
         return rows
