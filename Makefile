@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test migrate token clean bench cluster
+.PHONY: setup run test migrate token clean bench cluster chaos
 
 setup: $(STAMP)
 
@@ -43,3 +43,8 @@ clean:
 # python-socketio relay under the same Node load; prints one table (bench/README.md).
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# make chaos [CHAOS_ARGS="--only db-freeze,redis-sigstop --seconds 3"]: each network fault
+# between two instances and MariaDB or Redis, under load; one table (README, Reliability).
+chaos: setup
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
