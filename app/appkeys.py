@@ -28,6 +28,8 @@ PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 CHAT: web.AppKey[ChatService] = web.AppKey("chat")
 NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
+# What /readyz last said of each check, so the log says it once per change.
+READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness", dict)
 # Only with CHAT_REDIS_URL: the presence client and the Socket.IO backplane.
 REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 BACKPLANE: web.AppKey[RedisHubManager] = web.AppKey("backplane")

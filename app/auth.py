@@ -13,7 +13,7 @@ import jwt
 
 from app.config import HMAC_ALGORITHMS, Config
 from app.errors import Unauthorized
-from app.validation import check_user_id, is_unicode_text
+from app.validation import check_user_id, display_name, is_unicode_text
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _identity(claims: Mapping[str, Any], leeway_s: int = 0) -> Identity:
         raise Unauthorized("token exp claim is not a number")
     return Identity(
         user_id=user_id,
-        name=_optional_text(claims.get("name"), NAME_CLAIM_MAX),
+        name=_optional_name(claims.get("name")),
         avatar=_optional_text(claims.get("avatar"), AVATAR_CLAIM_MAX),
         # The session ends when the token stops being accepted: exp plus the leeway.
         expires_at=float(exp) + leeway_s,
@@ -131,6 +131,12 @@ def _user_id(claims: Mapping[str, Any]) -> str | None:
             return value
         return None
     return None
+
+
+def _optional_name(value: object) -> str | None:
+    """The name claim as a display name (see app.validation.display_name), or dropped."""
+    text = _optional_text(value, NAME_CLAIM_MAX * 4)
+    return (display_name(text) or None) if text is not None else None
 
 
 def _optional_text(value: object, limit: int) -> str | None:

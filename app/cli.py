@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level, config.instance_id if config.redis_url else None)
 
     if args.command == "serve":
+        soft, hard = raise_open_file_limit()
+        logger.info("open files: up to %d (hard limit %d)", soft, hard)
         logger.info(
             "serving on http://%s:%s (database: %s, %s)", config.host, config.port, config.dialect,
             f"instance {config.instance_id} over Redis" if config.redis_url else "one instance",
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             app, host=config.host, port=config.port, print=None,
             loop=uvloop.new_event_loop(), backlog=LISTEN_BACKLOG,
             access_log_class=AccessLogger,
+            # Also the deadline for a request's headers: a slow-loris connection
+            # (headers a byte at a time, or none) is closed after it.
+            keepalive_timeout=config.http_idle_timeout_s,
             # Sockets are closed by the drain (app.main.drain_hub) within the grace;
             # this is only the last wait for HTTP requests still being answered.
             shutdown_timeout=SHUTDOWN_TAIL_S,
@@ -81,6 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chat-server: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to the hard one; return both.
+
+    Every socket is a file descriptor: at Debian's default soft limit of
+    1,024, a few hundred idle connections are enough to make every new
+    request fail. The hard limit is what the operator allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit to %d: %s", hard, exc)
+    return soft, hard
 
 
 def _shutdown_deadline(limit_s: float) -> Callable[[web.Application], Awaitable[None]]:

@@ -59,6 +59,14 @@ class Config:
     max_sockets_per_user: int = 20
     # An engine.io session that has not joined /chat by then is closed.
     handshake_timeout_s: float = 10.0
+    # Engine.IO sessions one client address may hold before joining /chat.
+    max_pending_per_address: int = 256
+    # A socket whose outgoing queue waits behind more than this (characters of
+    # JSON, about bytes) reads too slowly: it is cut off, not buffered.
+    max_socket_buffer: int = 1024 * 1024
+    # An HTTP request's headers, or a polling POST's body, must arrive within
+    # this; an idle keep-alive connection is closed after it.
+    http_idle_timeout_s: float = 10.0
     # On SIGTERM: how long calls in flight may take before every socket is closed.
     shutdown_grace_s: float = 10.0
     # permessage-deflate on WebSockets: ~90 KiB per connection for little gain on chat frames.
@@ -108,6 +116,13 @@ class Config:
             rate_limit_burst=_int(env, "CHAT_RATE_LIMIT_BURST", 60, 1, 1_000_000),
             max_sockets_per_user=_int(env, "CHAT_MAX_SOCKETS_PER_USER", 20, 1, 100_000),
             handshake_timeout_s=float(_int(env, "CHAT_HANDSHAKE_TIMEOUT_S", 10, 1, 600)),
+            max_pending_per_address=_int(
+                env, "CHAT_MAX_PENDING_PER_ADDRESS", 256, 1, 1_000_000
+            ),
+            max_socket_buffer=_int(
+                env, "CHAT_MAX_SOCKET_BUFFER", 1024 * 1024, 64 * 1024, 1024**3
+            ),
+            http_idle_timeout_s=float(_int(env, "CHAT_HTTP_IDLE_TIMEOUT_S", 10, 1, 600)),
             shutdown_grace_s=float(_int(env, "CHAT_SHUTDOWN_GRACE_S", 10, 0, 3600)),
             call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),
             trusted_proxies=_networks(env, "CHAT_TRUSTED_PROXIES"),

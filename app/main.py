@@ -10,7 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from app.appkeys import (
-    BACKPLANE, CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, REDIS, SIO, STORE, VERIFIER,
+    BACKPLANE, CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, READINESS, REDIS, SIO, STORE,
+    VERIFIER,
 )
 from app.auth import TokenVerifier
 from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
@@ -26,13 +27,13 @@ from handlers.chat import NAMESPACE as HUB_NAMESPACE
 from handlers.chat import ChatNamespace
 from handlers.engine import (
     FastJson,
+    Guards,
     HubManager,
     HubPacket,
     HubServer,
     allowed_origins,
-    set_websocket_compression,
 )
-from handlers.http import polling_body_limit
+from handlers.http import polling_guard
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -83,19 +84,27 @@ def create_app(config: Config) -> web.Application:
         max_http_buffer_size=config.max_packet_bytes,
         # Only the hub: python-socketio would otherwise accept sockets on "/" too.
         namespaces=[HUB_NAMESPACE],
-        handshake_timeout_s=config.handshake_timeout_s,
+        guards=Guards(
+            handshake_timeout_s=config.handshake_timeout_s,
+            max_socket_buffer=config.max_socket_buffer,
+            max_pending_per_address=config.max_pending_per_address,
+            trusted_proxies=config.trusted_proxies,
+            ws_compression=config.ws_compression,
+        ),
         on_protocol_error=lambda kind: metrics.protocol_errors.labels(kind).inc(),
+        on_cut_off=lambda why: metrics.cut_off.labels(why).inc(),
         logger=False,
         engineio_logger=False,
     )
-    set_websocket_compression(sio, config.ws_compression)
     namespace = ChatNamespace(config, chat, presence, verifier, metrics)
     manager.on_connected = namespace.connected
     if isinstance(manager, RedisHubManager):
         manager.on_missed = namespace.sync_required
     sio.register_namespace(namespace)
     sio.attach(app, socketio_path="socket.io")
-    app.middlewares.append(polling_body_limit(sio, config.max_packet_bytes))
+    app.middlewares.append(
+        polling_guard(sio, config.max_packet_bytes, config.http_idle_timeout_s)
+    )
     app[SIO] = sio
     app[NAMESPACE] = namespace
 
@@ -105,6 +114,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
     app.on_shutdown.append(drain_hub)
+    app[READINESS] = {}
     app.add_routes(health.routes)
     setup_api(app)
     demo_dir = config.demo_dir or (DEMO_DIR if config.dev_mode else None)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import resource
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -17,6 +26,13 @@ class Metrics:
         )
         if instance_id is not None:
             self.instance.labels(instance_id).set(1)
+        # process_open_fds and process_max_fds (the soft limit), CPU, memory.
+        ProcessCollector(registry=self.registry)
+        self.max_fds_hard = Gauge(
+            "chat_max_fds_hard", "The hard limit on open files the soft one may be raised to",
+            registry=self.registry,
+        )
+        self.max_fds_hard.set_function(lambda: resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self.connections = Gauge(
             "chat_connections", "Open Socket.IO connections to /chat", registry=self.registry
         )
@@ -37,6 +53,11 @@ class Metrics:
         self.protocol_errors = Counter(
             "chat_protocol_errors", "Sockets closed for frames the protocol cannot carry", ["kind"],
             registry=self.registry,
+        )
+        self.cut_off = Counter(
+            "chat_sessions_cut_off",
+            "Engine.IO sessions ended or refused by a guard (slow consumer, never joined, ...)",
+            ["why"], registry=self.registry,
         )
         self.events = Histogram(
             "chat_event_seconds", "Time to answer a client->server call", ["event"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from app.errors import InvalidArgument
 from models import DISPLAY_NAME_MAX, USER_ID_MAX
 
@@ -47,7 +50,38 @@ def is_unicode_text(value: str) -> bool:
 
 
 def check_display_name(value: object) -> str:
-    return check_text(value, "userName", DISPLAY_NAME_MAX).strip()
+    name = display_name(check_text(value, "userName", DISPLAY_NAME_MAX))
+    if not name:
+        raise InvalidArgument("userName must hold visible characters")
+    return name
+
+
+# A terminal escape sequence (CSI ... final byte, or ESC and one character).
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-_])")
+# Bidirectional overrides, embeddings and isolates, and the implicit marks:
+# in a name they reorder the text around it ("evil\u202egnp.exe").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_SPACES = re.compile(r"\s+")
+
+
+def display_name(value: str) -> str:
+    """A name as people see it: text, not terminal or layout control.
+
+    NFC-normalised (one form for the same letters); terminal escape
+    sequences, control characters (newlines included), bidi controls and
+    line/paragraph separators removed; runs of white space made one space;
+    trimmed; at most DISPLAY_NAME_MAX characters. Joiners stay: emoji
+    sequences need them. User ids are never passed through this: an id is
+    compared exactly.
+    """
+    text = _ESCAPE.sub("", unicodedata.normalize("NFC", value))
+    text = "".join(
+        " " if unicodedata.category(c) in ("Zl", "Zp") or c in "\t\n\r"
+        else "" if c in _BIDI or unicodedata.category(c) == "Cc"
+        else c
+        for c in text
+    )
+    return _SPACES.sub(" ", text).strip()[:DISPLAY_NAME_MAX]
 
 
 def check_range(value: int, name: str, low: int, high: int | None = None) -> int:

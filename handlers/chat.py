@@ -234,21 +234,14 @@ class ChatNamespace(socketio.AsyncNamespace):
         behind a load balancer).
         """
         self._draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, grace_s - SOCKET_CLOSE_S))
         except TimeoutError:
             logger.warning("shutdown: %d calls still running after the grace", self._in_flight)
         server = self.server
-        closing = [
-            asyncio.ensure_future(server.drop_transport(eio_sid))
-            for eio_sid in list(server.eio.sockets)
-        ]
-        if closing:
-            _, late = await asyncio.wait(closing, timeout=max(0.1, deadline - loop.time()))
-            for task in late:
-                task.cancel()
+        closing = list(server.eio.sockets)
+        for eio_sid in closing:
+            server.cut_off(eio_sid)
         logger.info("shutdown: %d sockets closed", len(closing))
 
     async def close(self) -> None:

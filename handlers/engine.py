@@ -9,17 +9,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
-from aiohttp.web import WebSocketResponse
-from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+from handlers.http import Networks, request_address
+from handlers.transport import OutgoingQueue, guard_transports
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """The limits HubServer enforces on engine.io sessions (from Config)."""
+
+    handshake_timeout_s: float = 10.0
+    max_socket_buffer: int = 1024 * 1024
+    max_pending_per_address: int = 256
+    trusted_proxies: Networks = ()
+    ws_compression: bool = False
 
 
 class HubServer(socketio.AsyncServer):
@@ -31,89 +45,160 @@ class HubServer(socketio.AsyncServer):
       (socketio/engine.io#291). Until then clients such as Node's
       socket.io-client keep a request, and their process, hanging.
     - A frame the protocol cannot carry (binary: the hub has no binary
-      arguments; anything the Socket.IO parser refuses) closes the socket with
-      one log line, not a traceback per frame. Binary attachments would
+      arguments; a malformed engine.io or Socket.IO packet) closes the socket
+      with one log line, not a traceback per frame. Binary attachments would
       otherwise be buffered until the packet completes, which a hostile client
-      never lets happen.
-    - An engine.io session that has not joined a namespace within
-      ``handshake_timeout_s`` is closed: without it, a client can hold sessions
-      open forever without ever showing a token.
+      never lets happen. (Engine.IO frames are checked in handlers/transport.py.)
+    - A socket is cut off for real: its TCP connection is aborted, so its file
+      descriptor is free at once, where engine.io's own close only queues a
+      CLOSE packet and waits up to the ping timeout for a peer that may never
+      read it. That is how a session that has not joined /chat within the
+      handshake deadline ends, and a slow consumer (its outgoing queue past
+      the buffer limit, see OutgoingQueue).
+    - Sessions not yet authenticated are capped per client address, so a flood
+      of them from one address cannot exhaust the server for everyone else.
     """
 
     def __init__(
         self,
         *args: Any,
-        handshake_timeout_s: float = 10.0,
+        guards: Guards = Guards(),
         on_protocol_error: Callable[[str], None] | None = None,
+        on_cut_off: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._handshake_timeout_s = handshake_timeout_s
+        self._guards = guards
         self._on_protocol_error = on_protocol_error
+        self._on_cut_off = on_cut_off
         self._closing: set[asyncio.Task[None]] = set()
         self._complained: set[str] = set()  # eio sids already logged and being closed
+        # The TCP connection each engine.io session is on now (its latest request).
+        self._transports: dict[str, asyncio.BaseTransport] = {}
+        # Sessions that have not joined /chat: eio sid -> client address, and counts.
+        self._pending: dict[str, str] = {}
+        self._pending_at: Counter[str] = Counter()
+        self._refused_said: set[str] = set()  # addresses told about in the log
+        guard_transports(self, self, guards.ws_compression, guards.max_socket_buffer)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        request = environ.get("aiohttp.request")
+        address = (
+            request_address(request, self._guards.trusted_proxies)
+            if request is not None else "unknown"
+        )
+        if self._pending_at[address] >= self._guards.max_pending_per_address:
+            self._refuse_pending(address)
+            return False  # engine.io answers 401 and forgets the session
         result = await super()._handle_eio_connect(eio_sid, environ)
+        self._pending[eio_sid] = address
+        self._pending_at[address] += 1
+        if request is not None:
+            self.bind_transport(eio_sid, request.transport)
         asyncio.get_running_loop().call_later(
-            self._handshake_timeout_s, self._handshake_deadline, eio_sid
+            self._guards.handshake_timeout_s, self._handshake_deadline, eio_sid
         )
         return result
 
+    def _refuse_pending(self, address: str) -> None:
+        if self._on_cut_off is not None:
+            self._on_cut_off("too many unauthenticated sessions")
+        if address not in self._refused_said:  # one line per address, not per attempt
+            self._refused_said.add(address)
+            logger.warning(
+                "refusing new sessions from %s: %d not yet authenticated",
+                address, self._guards.max_pending_per_address,
+            )
+
+    def authenticated(self, eio_sid: str) -> None:
+        """The session joined /chat: it no longer counts against its address."""
+        address = self._pending.pop(eio_sid, None)
+        if address is None:
+            return
+        self._pending_at[address] -= 1
+        if self._pending_at[address] <= 0:
+            del self._pending_at[address]
+            self._refused_said.discard(address)
+
     def _handshake_deadline(self, eio_sid: str) -> None:
-        if eio_sid not in self.environ:
-            return  # gone already
-        if any(
-            self.manager.sid_from_eio_sid(eio_sid, ns) is not None
-            for ns in list(self.manager.get_namespaces())
-        ):
-            return  # joined (or is joining) a namespace
-        self._close(eio_sid)
+        if eio_sid in self._pending:
+            if self._on_cut_off is not None:
+                self._on_cut_off("never joined /chat")
+            self.cut_off(eio_sid)
+
+    def bind_transport(self, eio_sid: str, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None:
+            self._transports[eio_sid] = transport
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if not isinstance(data, str) or data[:1] in ("5", "6"):  # BINARY_EVENT, BINARY_ACK
-            self._protocol_error(eio_sid, "binary frame")
+            self.protocol_error(eio_sid, "binary frame")
             return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except Exception as exc:  # noqa: BLE001 - the parser's refusal of a client's frame
             # Handlers never raise here (the hub answers every failure itself),
             # so what arrives is the Socket.IO parser refusing the frame.
-            self._protocol_error(eio_sid, f"malformed packet ({type(exc).__name__})")
+            self.protocol_error(eio_sid, f"malformed packet ({type(exc).__name__})")
 
-    def _protocol_error(self, eio_sid: str, kind: str) -> None:
+    def protocol_error(
+        self, eio_sid: str, kind: str, answering: asyncio.BaseTransport | None = None
+    ) -> None:
+        """A frame the protocol cannot carry: one log line per socket, then it is cut off.
+
+        ``answering``: the connection of the request being answered now (a
+        polling POST), left open for its error response.
+        """
         # The frames a client sent before its socket closes arrive all the same:
         # one line per socket, never the frame itself.
-        if eio_sid in self._complained or eio_sid not in self.environ:
+        if eio_sid in self._complained or eio_sid not in self.eio.sockets:
             return  # said already, or the socket is gone
         self._complained.add(eio_sid)
         logger.warning("closing engine.io session %s: %s", eio_sid, kind)
         if self._on_protocol_error is not None:
             self._on_protocol_error(kind)
-        self._close(eio_sid)
+        self.cut_off(eio_sid, answering)
 
-    async def drop_transport(self, eio_sid: str) -> None:
-        """Close a session's transport without engine.io's CLOSE packet.
+    def overflowed(self, queue: OutgoingQueue) -> None:
+        """A socket's outgoing queue passed the buffer limit: a slow consumer, cut off."""
+        for eio_sid, socket in self.eio.sockets.items():
+            if socket.queue is queue:
+                logger.warning(
+                    "closing engine.io session %s: a slow consumer (%d characters waiting)",
+                    eio_sid, queue.size,
+                )
+                if self._on_cut_off is not None:
+                    self._on_cut_off("slow consumer")
+                self.cut_off(eio_sid)
+                return
 
-        A client sent CLOSE takes it as final (python-socketio's client does
-        not reconnect); one whose transport just drops reconnects at once,
-        which is what a shutting-down server wants of its clients.
+    def cut_off(self, eio_sid: str, answering: asyncio.BaseTransport | None = None) -> None:
+        """End a session now: its queue dropped, its TCP connection aborted, no CLOSE packet.
+
+        A client whose transport drops reconnects at once (one told CLOSE
+        stays away): that is also what a shutting-down server wants.
+        ``answering`` is left open (see protocol_error).
         """
-        socket = self.eio.sockets.get(eio_sid)
+        socket = self.eio.sockets.pop(eio_sid, None)
+        transport = self._transports.pop(eio_sid, None)
+        if transport is not None and transport is not answering:
+            transport.abort()
         if socket is None:
             return
-        await socket.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
-        socket.queue.put_nowait(None)  # ends the WebSocket writer, which closes the socket
-        self.eio.sockets.pop(eio_sid, None)
-
-    def _close(self, eio_sid: str) -> None:
-        task = asyncio.ensure_future(self.eio.disconnect(eio_sid))
+        if isinstance(socket.queue, OutgoingQueue):
+            socket.queue.drop()
+        socket.queue.put_nowait(None)  # ends the WebSocket writer, or a pending long-poll
+        task = asyncio.ensure_future(
+            socket.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
+        )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
         self._complained.discard(eio_sid)
+        self.authenticated(eio_sid)  # gone: it no longer counts either way
+        self._transports.pop(eio_sid, None)
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and not socket.upgraded:
             socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
@@ -144,6 +229,9 @@ class HubManagerMixin:
     async def connect(self, sid: str, namespace: str) -> Any:
         result = await super().connect(sid, namespace)
         self._unanswered.discard(sid)
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        if eio_sid is not None:
+            self.server.authenticated(eio_sid)
         if self.on_connected is not None:
             self.on_connected(sid, namespace)
         return result
@@ -210,30 +298,6 @@ class HubManager(HubManagerMixin, socketio.AsyncManager):
             return await super().emit(event, data, namespace=namespace, room=to or room,
                                       skip_sid=skip_sid, callback=callback, **kwargs)
         await self._emit_here(event, data, namespace or "/", to or room, skip_sid)
-
-
-class _UncompressedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
-    """engine.io's aiohttp WebSocket without permessage-deflate.
-
-    The driver always offers compression, which costs ~90 KiB of zlib state per
-    connection; chat frames are small. The same as the driver's ``__call__``
-    but for ``compress=False``.
-    """
-
-    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
-        request = environ["aiohttp.request"]
-        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
-        self.environ = environ
-        await self.handler(self)
-        return self._sock
-
-
-def set_websocket_compression(server: socketio.AsyncServer, enabled: bool) -> None:
-    """Offer permessage-deflate to WebSocket clients, or not."""
-    if not enabled:
-        # A copy: the driver's table is module-level, shared by every server in the process.
-        server.eio._async = {**server.eio._async, "websocket": _UncompressedWebSocket}
 
 
 class HubPacket(sio_packet.Packet):  # type: ignore[misc]

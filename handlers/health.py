@@ -7,14 +7,14 @@ import logging
 
 from aiohttp import web
 
-from app.appkeys import BACKPLANE, CONFIG, METRICS, NAMESPACE, STORE
+from app.appkeys import BACKPLANE, CONFIG, METRICS, NAMESPACE, READINESS, STORE
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 2.0
-# A write batch must commit within this for the instance to be ready: under the
-# 2 s a load balancer's check usually allows, and far above a healthy commit.
-WRITE_PROBE_S = 1.5
+# The database must answer a read, and commit a write batch, within this for the
+# instance to be ready: under the 2 s a load balancer's check usually allows,
+# and far above a healthy round trip or commit.
+READY_TIMEOUT_S = 1.5
 
 routes = web.RouteTableDef()
 
@@ -34,17 +34,15 @@ async def readyz(request: web.Request) -> web.Response:
     # dead session, a read-only database all still answer SELECT 1.
     read, write = await asyncio.gather(
         asyncio.wait_for(store.ping(), READY_TIMEOUT_S),
-        store.probe_write(WRITE_PROBE_S),
+        store.probe_write(READY_TIMEOUT_S),
         return_exceptions=True,
     )
     if isinstance(read, BaseException):
-        logger.warning("readiness: database unreachable: %r", read)
-        checks["database"] = "unreachable"
+        checks["database"] = _said(request.app, "database", "unreachable", read)
     elif isinstance(write, BaseException):
-        logger.warning("readiness: writes do not commit: %r", write)
-        checks["database"] = "writes failing"
+        checks["database"] = _said(request.app, "database", "writes failing", write)
     else:
-        checks["database"] = "ok"
+        checks["database"] = _said(request.app, "database", "ok")
     ready = all(v == "ok" for v in checks.values())
     backplane = request.app.get(BACKPLANE)
     if backplane is not None:
@@ -52,10 +50,9 @@ async def readyz(request: web.Request) -> web.Response:
         # instance still stores and delivers to its own sockets (README, Deployment).
         try:
             await asyncio.wait_for(backplane.ping(), READY_TIMEOUT_S)
-            checks["redis"] = "ok" if backplane.healthy else "recovering"
+            checks["redis"] = _said(request.app, "redis", "ok" if backplane.healthy else "recovering")
         except Exception as exc:
-            logger.warning("readiness: Redis unreachable: %r", exc)
-            checks["redis"] = "unreachable"
+            checks["redis"] = _said(request.app, "redis", "unreachable", exc)
     body: dict[str, object] = {"status": "ready" if ready else "unavailable", "checks": checks}
     if backplane is not None:
         body["instance"] = request.app[CONFIG].instance_id  # which one a load balancer chose
@@ -63,6 +60,18 @@ async def readyz(request: web.Request) -> web.Response:
         body,
         status=200 if ready else 503,
     )
+
+
+def _said(app: web.Application, check: str, value: str, why: BaseException | None = None) -> str:
+    """Log a check's value when it changes: a balancer asks every second or more often."""
+    said = app[READINESS]
+    if said.get(check, "ok") != value:
+        if value == "ok":
+            logger.info("readiness: %s ok again", check)
+        else:
+            logger.warning("readiness: %s %s: %r", check, value, why)
+    said[check] = value
+    return value
 
 
 @routes.get("/metrics")

@@ -6,10 +6,12 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
-import socketio
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+from handlers.transport import payload_problem
 
 SOCKETIO_PATH = "/socket.io/"
 
@@ -54,17 +56,31 @@ def request_address(request: web.BaseRequest, trusted: Networks) -> str:
     return client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
 
 
-def polling_body_limit(
-    sio: socketio.AsyncServer, max_bytes: int
+class PollingGuard(Protocol):
+    """What the middleware needs of the hub's server (handlers/engine.py)."""
+
+    def protocol_error(
+        self, eio_sid: str, kind: str, answering: asyncio.BaseTransport | None = None
+    ) -> None: ...
+
+    def cut_off(self, eio_sid: str, answering: asyncio.BaseTransport | None = None) -> None: ...
+
+
+def polling_guard(
+    guard: PollingGuard, max_bytes: int, body_timeout_s: float
 ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
               Awaitable[web.StreamResponse]]:
-    """Refuse a long-polling POST larger than a packet may be: 413 at once, session closed.
+    """Long-polling POSTs: refused when too large, too slow or not engine.io, before engine.io.
 
-    python-engineio checks the size only after accepting the request and then
-    waits for the session's queue to drain before answering, so an oversize
-    POST hung for the ping timeout and broke the session's next request.
+    - Larger than a packet may be: 413 at once, session closed. python-engineio
+      checks the size only after accepting the request and then waits for the
+      session's queue to drain before answering, so an oversize POST hung for
+      the ping timeout and broke the session's next request.
+    - A body that does not arrive within ``body_timeout_s`` (a slow-loris
+      POST): 408, session closed, connection dropped.
+    - A body engine.io cannot decode (or binary): 400 with one log line and no
+      traceback (engine.io logged one per request, and kept the session).
     """
-    closing: set[asyncio.Task[None]] = set()
 
     @web.middleware
     async def middleware(
@@ -72,17 +88,24 @@ def polling_body_limit(
     ) -> web.StreamResponse:
         if request.method != "POST" or not request.path.startswith(SOCKETIO_PATH):
             return await handler(request)
+        sid = request.query.get("sid") or ""
         length = request.content_length
-        if length is not None and length <= max_bytes:
-            return await handler(request)
-        sid = request.query.get("sid")
-        if sid and sid in sio.eio.sockets:
-            task = asyncio.ensure_future(sio.eio.disconnect(sid))
-            closing.add(task)
-            task.add_done_callback(closing.discard)
-        if length is None:
-            raise web.HTTPLengthRequired(text="a polling POST needs a Content-Length")
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=length)
+        if length is None or length > max_bytes:
+            guard.cut_off(sid, request.transport)
+            if length is None:
+                raise web.HTTPLengthRequired(text="a polling POST needs a Content-Length")
+            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=length)
+        try:
+            body = await asyncio.wait_for(request.read(), body_timeout_s)
+        except TimeoutError:
+            guard.protocol_error(sid, "polling body too slow")
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPRequestTimeout() from None
+        if problem := payload_problem(body):
+            guard.protocol_error(sid, problem, request.transport)
+            raise web.HTTPBadRequest(text=problem)
+        return await handler(request)  # engine.io reads the body aiohttp kept
 
     return middleware
 

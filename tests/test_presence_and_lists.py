@@ -71,6 +71,31 @@ async def test_register_user_hands_over_pending_messages_oldest_first(server: Te
     assert await bob.error("RegisterUser", "x" * 101) == "invalid_argument"
 
 
+async def test_display_names_are_text_not_terminal_or_layout_control(
+    server: TestServer, connect: Connect
+) -> None:
+    bob = await connect(server, "bob")
+    # From the token's name claim: an ANSI colour and a newline.
+    eve = await connect(server, "eve", name="\x1b[31mEve\x1b[0m\nAdmin")
+    # From RegisterUser: a bidi override that would show "exe.gnp" backwards, decomposed
+    # accents (NFC makes them one form), a tab, and an emoji sequence kept whole.
+    mallory = await connect(server, "mallory")
+    await mallory.ok("RegisterUser", "Mal\u202elory\t e\u0301cole \U0001F468\u200d\U0001F467")
+    for sender in (eve, mallory):
+        await sender.ok("SendMessage", sender.user, "bob", "hi")
+    names = {c["id"]: c["name"] for c in await bob.ok("GetConversations")}
+    assert names == {
+        "eve": "Eve Admin",
+        "mallory": "Mallory \u00e9cole \U0001F468\u200d\U0001F467",
+    }
+    assert await bob.error("RegisterUser", "\x1b[0m\u202e\n") == "invalid_argument"
+    # Ids are never rewritten: an id with an accent in another form is another user.
+    assert await bob.ok("SendMessage", "bob", "e\u0301", "x") != await bob.ok(
+        "SendMessage", "bob", "\u00e9", "x"
+    )
+    assert {c["id"] for c in await bob.ok("GetConversations")} >= {"e\u0301", "\u00e9"}
+
+
 async def test_conversation_list_shows_preview_unread_names_and_activity(server: TestServer, connect: Connect) -> None:
     bob = await connect(server, "bob")
     alice = await connect(server, "alice", name="Alice From Token", avatar="https://example.test/a.png")
