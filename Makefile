@@ -1,20 +1,40 @@
-# `make run` serves the dev server with the demo page; `make test` runs the whole suite.
+# `make run` serves the dev server with the demo page;
+# `make test` runs the whole suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
-.PHONY: setup run test migrate token clean bench cluster chaos
+# The client package (client-demo/client), packed into a tarball.
+CLIENT := client-demo/client
+CLIENT_VERSION := $(shell sed -n 's/^  "version": "\(.*\)",$$/\1/p' $(CLIENT)/package.json)
+CLIENT_TGZ := $(CLIENT)/dist-pack/chat-server-client-$(CLIENT_VERSION).tgz
 
-setup: $(STAMP)
+.PHONY: setup run test migrate token clean bench cluster chaos client
+
+setup: $(STAMP) $(CLIENT_TGZ)
 
 $(STAMP): pyproject.toml constraints.txt client-demo/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is required (the demo's socket.io-client and the JS tests): install Node.js 20+"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
-	cd client-demo && npm ci --no-audit --no-fund --loglevel=error
+	cd client-demo && $(NPM_CI)
 	touch $(STAMP)
+
+# make client: build and pack @chat-server/client (the tarball an app installs).
+client: $(CLIENT_TGZ)
+
+$(CLIENT)/node_modules/.ci-stamp: $(CLIENT)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is required: install Node.js 20+"; exit 1; }
+	cd $(CLIENT) && $(NPM_CI)
+	touch $@
+
+$(CLIENT_TGZ): $(CLIENT)/node_modules/.ci-stamp $(CLIENT)/package.json $(CLIENT)/tsconfig.json $(CLIENT)/README.md $(wildcard $(CLIENT)/src/*.ts)
+	rm -rf $(CLIENT)/dist $(CLIENT)/dist-pack
+	mkdir -p $(CLIENT)/dist-pack
+	cd $(CLIENT) && npm pack --pack-destination dist-pack --loglevel=error >/dev/null  # prepack runs tsc
 
 # Dev mode: embedded SQLite under data/, a local JWT secret under data/, the demo at /.
 run: setup
@@ -37,7 +57,8 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache client-demo/node_modules client-demo/build
+	rm -rf $(VENV) data .pytest_cache client-demo/node_modules client-demo/build \
+	  $(CLIENT)/node_modules $(CLIENT)/dist $(CLIENT)/dist-pack
 
 # make bench [BENCH_ARGS="--db sqlite" | "--quick"]: this server beside the stock
 # python-socketio relay under the same Node load; prints one table (bench/README.md).
