@@ -76,6 +76,18 @@ async function shot(p, file) {
 }
 
 async function direct() {
+  // A pasted token the server refuses puts the person back at sign-in, saying why.
+  {
+    const page = await (await browser.newContext()).newPage();
+    page.setDefaultTimeout(TIMEOUT_MS);
+    await page.goto(`${URL}/app/`);
+    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const forged = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ id: "mallory", exp: 4102444800 })}.${b64("not signed")}`;
+    await page.fill("#token", forged);
+    await page.click("#signin-button");
+    await page.locator(".signin .error", { hasText: "refused the token" }).waitFor();
+    await page.context().close();
+  }
   const alice = await person("alice", "Alice", { width: 1100, height: 700 });
   const bob = await person("bob", "Bob", { width: 390, height: 780 }); // phone width
 

@@ -17,12 +17,12 @@ import { SessionService } from "./chat/session.service";
         <textarea id="token" name="token" [(ngModel)]="token" rows="2" placeholder="eyJ… from chat-server token alice"></textarea>
       </label>
       <button id="signin-button" type="submit" [disabled]="busy()">Sign in</button>
-      @if (error(); as e) { <p class="error" role="alert">{{ e }}</p> }
+      @if (error() ?? session.endedBecause(); as e) { <p class="error" role="alert">{{ e }}</p> }
     </form>
   `,
 })
 export class SignInComponent {
-  private readonly session = inject(SessionService);
+  readonly session = inject(SessionService);
   userId = "";
   name = "";
   token = "";

@@ -165,7 +165,9 @@ export class ChatStore {
     try {
       await this.chat.connect();
     } catch (e) {
-      this.toast(`Cannot connect: ${describe(e)}`, true);
+      // A token the server refuses will not get better by retrying: back to sign-in.
+      if (e instanceof ChatError && e.code === "unauthorized") this.session.signOut(`The server refused the token: ${e.message}`);
+      else this.toast(`Cannot connect: ${describe(e)}`, true);
     }
   }
 

@@ -23,6 +23,8 @@ export class SessionService {
   private readonly current = signal<Session | null>(load());
   readonly session = this.current.asReadonly();
   readonly signedIn = computed(() => this.current() !== null);
+  /** Why the last session ended, when the server ended it (a refused token, say). */
+  readonly endedBecause = signal<string | null>(null);
 
   /** Sign in as anyone through the dev endpoint (the server must run with CHAT_DEV=1). */
   async signInDev(userId: string, name: string): Promise<void> {
@@ -37,8 +39,9 @@ export class SessionService {
     this.set({ userId, name: name || userId, token, dev: false });
   }
 
-  signOut(): void {
+  signOut(reason: string | null = null): void {
     sessionStorage.removeItem(STORAGE_KEY);
+    this.endedBecause.set(reason);
     this.current.set(null);
   }
 
@@ -53,6 +56,7 @@ export class SessionService {
   }
 
   private set(session: Session): void {
+    this.endedBecause.set(null);
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify(session));
     this.current.set(session);
   }
