@@ -128,6 +128,9 @@ export class ChatStore {
   private clock = 0;
   private readonly readMarks = new Map<string, number>();
   private readonly loads = new Map<string, Promise<void>>();
+  /** Group id → the latest message from others not yet acknowledged as received. */
+  private readonly unacknowledged = new Map<string, MessageDto>();
+  private ackTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor() {
     const c = this.chat;
@@ -505,9 +508,23 @@ export class ChatStore {
     }
   }
 
-  /** A message from someone else reached this device. In a group, the latest one covers the earlier. */
+  /**
+   * A message from someone else reached this device. In a group, receiving one moves
+   * this user's position past every earlier one, so a burst (a Sync after a long
+   * absence, say) costs one call per group: the latest message's.
+   */
   private acknowledge(dto: MessageDto): void {
-    this.chat.markReceived(dto.id).catch(() => undefined); // a receipt lost now is sent with the read
+    if (!dto.groupId) {
+      this.chat.markReceived(dto.id).catch(() => undefined); // a receipt lost now is sent with the read
+      return;
+    }
+    const known = this.unacknowledged.get(dto.groupId);
+    if (!known || known.timestamp <= dto.timestamp) this.unacknowledged.set(dto.groupId, dto);
+    this.ackTimer ??= setTimeout(() => {
+      this.ackTimer = null;
+      for (const m of this.unacknowledged.values()) this.chat.markReceived(m.id).catch(() => undefined);
+      this.unacknowledged.clear();
+    }, 50);
   }
 
   /**
@@ -566,7 +583,7 @@ export class ChatStore {
   /** No event tells a sender that one member of several read: ask while some are still unread. */
   private pollReceipts(): void {
     const key = this.selectedKey();
-    if (!key?.startsWith("g:") || this.connection() !== "connected" || !this.visible()) return;
+    if (!key?.startsWith("g:") || this.selected()?.left || this.connection() !== "connected" || !this.visible()) return;
     const t = this.threads().get(key);
     const map = this.receipts();
     const waiting = (t?.messages ?? [])
