@@ -124,6 +124,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get("/demo/style.css", _file(demo_dir / "style.css"))
         # socket.io-client from the npm package the Makefile installs: no CDN, works offline.
         app.router.add_get("/vendor/socket.io.min.js", _file(SOCKETIO_CLIENT))
+        _add_angular_app(app, demo_dir / "angular" / "dist" / "chat-app" / "browser")
     return app
 
 
@@ -191,6 +192,28 @@ async def drain_hub(app: web.Application) -> None:
     so the store is still open for the calls being finished.
     """
     await app[NAMESPACE].drain(app[CONFIG].shutdown_grace_s)
+
+
+def _add_angular_app(app: web.Application, root: Path) -> None:
+    """The built Angular app (client-demo/angular, `make app`) at /app/: a flat folder of files."""
+
+    async def index(request: web.Request) -> web.FileResponse:
+        if not (root / "index.html").is_file():
+            raise web.HTTPNotFound(text="The Angular app is not built: run `make app`")
+        return web.FileResponse(root / "index.html")
+
+    async def asset(request: web.Request) -> web.FileResponse:
+        name = request.match_info["name"]  # one path segment: no "/" can reach outside root
+        if name.startswith(".") or not (root / name).is_file():  # nor "..", nor dotfiles
+            raise web.HTTPNotFound()
+        return web.FileResponse(root / name)
+
+    async def slash(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/app/")
+
+    app.router.add_get("/app", slash)
+    app.router.add_get("/app/", index)
+    app.router.add_get(r"/app/{name:[\w.-]+}", asset)
 
 
 def _file(path: Path) -> web.Handler:

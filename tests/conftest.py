@@ -124,7 +124,7 @@ async def serve(clean_database: Config, tmp_path: Path) -> AsyncIterator[Serve]:
     procs: list[subprocess.Popen[bytes]] = []
 
     async def start(**env: str) -> Served:
-        port = free_port()
+        port = int(env.get("CHAT_PORT") or free_port())  # a given port: a restart in place
         full_env = {
             **os.environ,
             "CHAT_DATABASE_URL": clean_database.database_url,

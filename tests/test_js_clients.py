@@ -1,5 +1,8 @@
 """The JavaScript side against the real server: tsc, socket.io-client, ChatClient, a browser.
 
+ChatClient is the client package in client-demo/client (the node tests import its
+build); the Angular app built on it has its own tests in tests/test_angular_app.py.
+
 Each test starts the app in-process on a real port and runs Node as a
 subprocess against it. Where Node, the npm packages or Chromium are missing the
 test skips saying so; under CHAT_REQUIRE_SERVICES=1 it fails instead.
@@ -21,6 +24,7 @@ from tests.support import UNREACHABLE_MYSQL, SECRET, ServerFactory, service_miss
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 CLIENTS = Path(__file__).resolve().parent.parent / "client-demo"
+CLIENT_PACKAGE = CLIENTS / "client"
 CHROMIUM = os.environ.get("CHAT_CHROMIUM", "/usr/bin/chromium")
 NODE_TIMEOUT_S = 180
 
@@ -53,26 +57,36 @@ async def run(*argv: str, env: dict[str, str] | None = None) -> str:
     return text
 
 
+# The group tests (protocol v2.0 groups) run on their own; every other file in tests/ together.
+GROUP_TESTS = "groups.test.js"
+DIRECT_TESTS = sorted(
+    f"tests/{p.name}" for p in (CLIENTS / "tests").glob("*.test.js") if p.name != GROUP_TESTS
+)
+
+
 def url(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture(scope="module")
 def compiled() -> str:
-    """tsc over client-demo/angular (strict); the node tests import its output."""
+    """tsc over client-demo/client (strict), its own build; the node tests import dist/."""
     node = require_node()
+    tsc = CLIENT_PACKAGE / "node_modules" / "typescript" / "bin" / "tsc"
+    if not tsc.is_file():
+        service_missing("client-demo/client/node_modules", "run `make setup` (npm ci there)")
     result = subprocess.run(
-        [node, "node_modules/typescript/bin/tsc", "-p", "angular/tsconfig.json"],
-        cwd=CLIENTS, capture_output=True, text=True, timeout=NODE_TIMEOUT_S,
+        [node, str(tsc), "-p", "tsconfig.json"],
+        cwd=CLIENT_PACKAGE, capture_output=True, text=True, timeout=NODE_TIMEOUT_S,
     )
     assert result.returncode == 0, f"tsc failed:\n{result.stdout}{result.stderr}"
     return node
 
 
-def test_angular_service_compiles_with_tsc(compiled: str) -> None:
-    for name in ("chat-protocol", "chat-client", "chat.service"):
-        assert (CLIENTS / "build" / "angular" / f"{name}.js").is_file()
-        assert (CLIENTS / "build" / "angular" / f"{name}.d.ts").is_file()
+def test_client_package_compiles_with_tsc(compiled: str) -> None:
+    for name in ("index", "client", "protocol"):
+        assert (CLIENT_PACKAGE / "dist" / f"{name}.js").is_file()
+        assert (CLIENT_PACKAGE / "dist" / f"{name}.d.ts").is_file()
 
 
 @SQLITE_ONLY
@@ -83,10 +97,22 @@ async def test_node_clients_against_a_live_server(
     server = await start_server()
     tight = await start_server(rate_limit_burst=3, rate_limit_per_s=1.0)
     out = await run(
-        node, "--test", "--test-reporter=spec", "tests/",
+        node, "--test", "--test-reporter=spec", *DIRECT_TESTS,
         env={"CHAT_URL": url(server), "CHAT_TIGHT_URL": url(tight), "CHAT_SECRET": SECRET},
     )
     assert "ℹ fail 0" in out and "ℹ skipped 0" in out and "ℹ pass 0" not in out, out
+
+
+@SQLITE_ONLY
+async def test_node_client_groups_against_a_live_server(
+    start_server: ServerFactory, compiled: str
+) -> None:
+    server = await start_server()
+    out = await run(
+        compiled, "--test", "--test-reporter=spec", f"tests/{GROUP_TESTS}",
+        env={"CHAT_URL": url(server), "CHAT_SECRET": SECRET},
+    )
+    assert "ℹ fail 0" in out and "ℹ pass 2" in out, out
 
 
 @pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
@@ -97,7 +123,7 @@ async def test_node_clients_see_unavailable_when_the_database_is_down(
     server = await start_server()
     dead = await start_server(database_url=UNREACHABLE_MYSQL)
     out = await run(
-        node, "--test", "--test-reporter=spec", "--test-name-pattern=refused", "tests/",
+        node, "--test", "--test-reporter=spec", "--test-name-pattern=refused", *DIRECT_TESTS,
         env={"CHAT_URL": url(server), "CHAT_DEAD_URL": url(dead), "CHAT_SECRET": SECRET},
     )
     assert "ℹ fail 0" in out and "ℹ pass 2" in out, out

@@ -8,7 +8,7 @@
 import { createInterface } from "node:readline";
 import { filter } from "rxjs";
 
-import { ChatClient } from "../build/angular/chat-client.js";
+import { ChatClient } from "../client/dist/index.js";
 import { call, connect, token, uid, waitFor } from "../tests/helpers.js";
 
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();

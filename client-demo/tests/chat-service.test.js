@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { firstValueFrom, filter, take, toArray } from "rxjs";
 
-import { ChatClient, ChatError } from "../build/angular/chat-client.js";
+import { ChatClient, ChatError } from "../client/dist/index.js";
 import { DEAD_URL, TIGHT_URL, URL, token, uid, waitFor } from "./helpers.js";
 
 const clients = [];

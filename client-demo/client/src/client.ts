@@ -1,8 +1,9 @@
 // A typed client for the chat protocol: RxJS streams for what the server pushes,
 // promises for the methods, reconnect with a fresh token, and Sync catch-up.
-// Framework-free so it runs in Node tests; chat.service.ts wraps it for Angular.
+// Framework-free: it runs in browsers, Node and React Native; an Angular app wraps
+// it in an @Injectable (see client-demo/angular/src/app/chat/chat.service.ts).
 
-import { BehaviorSubject, Observable, Subject } from "rxjs";
+import { BehaviorSubject, Observable, Subject, filter } from "rxjs";
 import { io, Socket } from "socket.io-client";
 
 import type {
@@ -11,16 +12,19 @@ import type {
   ClientMethods,
   ConversationDto,
   ErrorCode,
+  GroupDto,
+  GroupId,
   HandshakeError,
   MessageDto,
   MessageId,
   MessageStatus,
   MethodName,
   PresenceState,
+  Receipts,
   Registered,
   ServerEvents,
   UserId,
-} from "./chat-protocol.js";
+} from "./protocol.js";
 
 export type ClientErrorCode = ErrorCode | "timeout" | "unauthorized";
 
@@ -66,24 +70,53 @@ export interface TypingChange {
   userId: UserId;
   isTyping: boolean;
 }
+export interface GroupTypingChange {
+  groupId: GroupId;
+  userId: UserId;
+  isTyping: boolean;
+}
+export interface ReadPositionChange {
+  groupId: GroupId;
+  messageId: MessageId;
+}
 
 export class ChatClient {
-  /** Every message this user sees: received live, sent from another device, handed over, or synced. */
+  /**
+   * Every message this user sees, direct and group: received live, sent from
+   * another device, handed over, or synced. A group message has `groupId` set.
+   */
   readonly messages$: Observable<MessageDto>;
+  /** The group messages of messages$ alone. */
+  readonly groupMessages$: Observable<MessageDto>;
+  /** A message of yours moved forward (for a group message: its aggregate status). */
   readonly statuses$: Observable<StatusChange>;
   readonly presence$: Observable<PresenceChange>;
   readonly typing$: Observable<TypingChange>;
+  readonly groupTyping$: Observable<GroupTypingChange>;
+  /**
+   * A group was created, renamed, or members came or went, live or synced. When
+   * `userId` is no longer in its `members`, you left or were removed.
+   */
+  readonly groupChanges$: Observable<GroupDto>;
+  /** Your read position in a group moved on another of your devices. */
+  readonly readPositions$: Observable<ReadPositionChange>;
   readonly notices$: Observable<string>;
   /** Handshake refusals and catch-up failures. */
   readonly errors$: Observable<ChatError>;
+  /** After every (re)connect, once RegisterUser and Sync have caught this client up. */
+  readonly ready$: Observable<void>;
   readonly state$: BehaviorSubject<ConnectionState> = new BehaviorSubject<ConnectionState>("disconnected");
 
   private readonly messages = new Subject<MessageDto>();
   private readonly statuses = new Subject<StatusChange>();
   private readonly presence = new Subject<PresenceChange>();
   private readonly typing = new Subject<TypingChange>();
+  private readonly groupTyping = new Subject<GroupTypingChange>();
+  private readonly groupChanges = new Subject<GroupDto>();
+  private readonly readPositions = new Subject<ReadPositionChange>();
   private readonly notices = new Subject<string>();
   private readonly errors = new Subject<ChatError>();
+  private readonly ready = new Subject<void>();
   private readonly socket: Socket<ServerEvents, ClientEmits>;
   private readonly ackTimeoutMs: number;
   private readonly sendAttempts: number;
@@ -95,11 +128,16 @@ export class ChatClient {
 
   constructor(private readonly options: ChatClientOptions) {
     this.messages$ = this.messages.asObservable();
+    this.groupMessages$ = this.messages$.pipe(filter((m) => m.groupId != null));
     this.statuses$ = this.statuses.asObservable();
     this.presence$ = this.presence.asObservable();
     this.typing$ = this.typing.asObservable();
+    this.groupTyping$ = this.groupTyping.asObservable();
+    this.groupChanges$ = this.groupChanges.asObservable();
+    this.readPositions$ = this.readPositions.asObservable();
     this.notices$ = this.notices.asObservable();
     this.errors$ = this.errors.asObservable();
+    this.ready$ = this.ready.asObservable();
     this.ackTimeoutMs = options.ackTimeoutMs ?? 10_000;
     this.sendAttempts = options.sendAttempts ?? 4;
     this.cursorValue = options.cursor ?? null;
@@ -179,14 +217,32 @@ export class ChatClient {
    * Send a message. Retries on timeouts and transient errors with the same
    * clientMessageId, which the server deduplicates: at most one copy is stored.
    */
-  async sendMessage(receiverId: UserId, text: string, clientMessageId: string = newId()): Promise<MessageId> {
+  sendMessage(receiverId: UserId, text: string, clientMessageId: string = newId()): Promise<MessageId> {
     const me = this.requireUser();
+    return this.retried(() => this.call("SendMessage", me, receiverId, text, clientMessageId));
+  }
+
+  /** Send to a group; retried like sendMessage, stored at most once per clientMessageId. */
+  sendGroupMessage(groupId: GroupId, text: string, clientMessageId: string = newId()): Promise<MessageId> {
+    return this.retried(() => this.call("SendGroupMessage", groupId, text, clientMessageId));
+  }
+
+  /**
+   * Create a group with you as its admin. Retried with the same clientRequestId,
+   * which the server deduplicates: at most one group is created.
+   */
+  createGroup(title: string, memberIds: UserId[], clientRequestId: string = newId()): Promise<GroupDto> {
+    return this.retried(() => this.call("CreateGroup", title, memberIds, clientRequestId));
+  }
+
+  /** Calls `attempt` again after a timeout or a transient error, backing off; idempotent calls only. */
+  private async retried<T>(attempt: () => Promise<T>): Promise<T> {
     let delayMs = 250;
-    for (let attempt = 1; ; attempt++) {
+    for (let n = 1; ; n++) {
       try {
-        return await this.call("SendMessage", me, receiverId, text, clientMessageId);
+        return await attempt();
       } catch (e) {
-        if (!(e instanceof ChatError) || !RETRYABLE.has(e.code) || attempt >= this.sendAttempts) throw e;
+        if (!(e instanceof ChatError) || !RETRYABLE.has(e.code) || n >= this.sendAttempts) throw e;
         await sleep(delayMs);
         delayMs *= 2;
       }
@@ -230,6 +286,39 @@ export class ChatClient {
     return this.call("Typing", receiverId, isTyping);
   }
 
+  getGroup(groupId: GroupId): Promise<GroupDto> {
+    return this.call("GetGroup", groupId);
+  }
+  /** Admins only; members already in are ignored. */
+  addGroupMembers(groupId: GroupId, userIds: UserId[]): Promise<GroupDto> {
+    return this.call("AddGroupMembers", groupId, userIds);
+  }
+  /** An admin removes anyone; anyone may remove themself (see leaveGroup). */
+  removeGroupMember(groupId: GroupId, userId: UserId): Promise<null> {
+    return this.call("RemoveGroupMember", groupId, userId);
+  }
+  leaveGroup(groupId: GroupId): Promise<null> {
+    return this.call("RemoveGroupMember", groupId, this.requireUser());
+  }
+  renameGroup(groupId: GroupId, title: string): Promise<GroupDto> {
+    return this.call("RenameGroup", groupId, title);
+  }
+  /** Newest first; a member sees what was sent since they (last) joined. */
+  groupHistory(groupId: GroupId, skip = 0, take = 50): Promise<MessageDto[]> {
+    return this.call("GetGroupHistory", groupId, skip, take);
+  }
+  /** Moves your read position to the group's latest message; answers how many were marked. */
+  markGroupRead(groupId: GroupId): Promise<number> {
+    return this.call("MarkGroupRead", groupId);
+  }
+  setGroupTyping(groupId: GroupId, isTyping: boolean): Promise<null> {
+    return this.call("GroupTyping", groupId, isTyping);
+  }
+  /** Who of its recipients got and read a message of yours (direct or group). */
+  receipts(messageId: MessageId): Promise<Receipts> {
+    return this.call("GetMessageReceipts", messageId);
+  }
+
   /**
    * Pull every change since the cursor onto messages$; one catch-up runs at a time.
    * Asked again while one runs (a SyncRequired, say), it pulls once more after it:
@@ -254,6 +343,8 @@ export class ChatClient {
     for (;;) {
       const page = await this.call("Sync", this.cursorValue, 200);
       page.messages.forEach((m) => this.messages.next(m));
+      // A server before protocol 2.0 has no `groups` in its answer.
+      (page.groups ?? []).forEach((g) => this.groupChanges.next(g));
       this.cursorValue = page.cursor;
       if (!page.hasMore) return;
     }
@@ -282,6 +373,7 @@ export class ChatClient {
       }
       this.syncing = registering
         .then(() => this.pullChanges())
+        .then(() => this.ready.next())
         .catch((e) => this.errors.next(asChatError(e)))
         .finally(() => (this.syncing = null));
       this.state$.next("connected");
@@ -307,13 +399,19 @@ export class ChatClient {
     s.on("UserStatusChanged", (userId, state) => this.presence.next({ userId, online: state === "Online" }));
     s.on("UserTyping", (userId, isTyping) => this.typing.next({ userId, isTyping }));
     s.on("SessionExpired", () => this.state$.next("expired"));
+    s.on("ReceiveGroupMessage", (_groupId, dto) => this.messages.next(dto));
+    s.on("GroupChanged", (group) => this.groupChanges.next(group));
+    s.on("UserTypingInGroup", (groupId, userId, isTyping) => this.groupTyping.next({ groupId, userId, isTyping }));
+    s.on("GroupReadPositionChanged", (groupId, messageId) => this.readPositions.next({ groupId, messageId }));
   }
 }
 
+const HANDSHAKE_CODES: ReadonlySet<ClientErrorCode> = new Set(["unauthorized", "rate_limited", "internal", "unavailable"]);
+
+/** A refused handshake's code; a transport failure (no data) counts as unavailable. */
 function handshakeError(err: Error & { data?: HandshakeError }): ChatError {
   const code = err.data?.code;
-  return new ChatError(code === "unauthorized" ? "unauthorized" : code === "internal" ? "internal" : "unavailable",
-    err.data?.message ?? err.message);
+  return new ChatError(code && HANDSHAKE_CODES.has(code) ? code : "unavailable", err.data?.message ?? err.message);
 }
 
 function asChatError(e: unknown): ChatError {
@@ -324,8 +422,17 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** A random UUID; React Native and old browsers lack crypto.randomUUID. */
 function newId(): string {
-  return globalThis.crypto.randomUUID();
+  const c = globalThis.crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  const b = new Uint8Array(16);
+  if (c?.getRandomValues) c.getRandomValues(b);
+  else for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 /** The user id a token names: its `id` claim (numbers as decimal strings), else `sub`. */

@@ -1,35 +1,77 @@
-// The chat protocol v1 as TypeScript types: DTOs, the ack envelope, error codes,
-// and every method and event with its positional arguments. See docs/protocol.md.
+// The chat protocol v2.0 as TypeScript types: DTOs, the ack envelope, error codes,
+// and every method and event with its positional arguments (docs/protocol.md).
 
 export type UserId = string;
 export type MessageId = string;
+export type GroupId = string;
 export type MessageStatus = "sent" | "delivered" | "read";
 export type PresenceState = "Online" | "Offline";
 
 export interface MessageDto {
   id: MessageId;
   senderId: UserId;
-  receiverId: UserId;
+  /** The other user of a direct message; null for a group message. */
+  receiverId: UserId | null;
+  /** null for a direct message; the group's id for a group message. */
+  groupId: GroupId | null;
   text: string;
+  /** For a group message, the aggregate over its recipients. */
   status: MessageStatus;
   /** UTC ISO-8601 with milliseconds, e.g. "2026-11-22T03:04:05.123Z". */
   timestamp: string;
   clientMessageId: string | null;
 }
 
+export type ConversationKind = "direct" | "group";
+
 export interface ConversationDto {
-  /** The other user's id. */
-  id: UserId;
+  kind: ConversationKind;
+  /** The other user's id (direct) or the group's id (group). */
+  id: UserId | GroupId;
+  /** The other user's display name, or the group's title. */
   name: string;
   avatar: string | null;
   previewMessage: string;
   lastActive: string;
+  /** Presence of the other user; always false for a group. */
   isActive: boolean;
   unreadCount: number;
+  /** The group's size (groups only). */
+  memberCount?: number;
+}
+
+export type GroupRole = "admin" | "member";
+
+export interface GroupMember {
+  userId: UserId;
+  name: string;
+  role: GroupRole;
+  joinedAt: string;
+}
+
+export interface GroupDto {
+  id: GroupId;
+  title: string;
+  avatar: string | null;
+  createdBy: UserId;
+  createdAt: string;
+  memberCount: number;
+  /** The current members: a removed or departed user is no longer listed. */
+  members: GroupMember[];
+}
+
+export interface Receipts {
+  recipientCount: number;
+  deliveredCount: number;
+  readCount: number;
+  /** Who has read it, when there are at most 100 recipients; else null. */
+  readBy: UserId[] | null;
 }
 
 export interface SyncPage {
   messages: MessageDto[];
+  /** Groups created, renamed or whose membership changed since the cursor (left ones included). */
+  groups: GroupDto[];
   /** Opaque; pass back as-is. */
   cursor: string;
   hasMore: boolean;
@@ -51,7 +93,7 @@ export type ErrorCode =
 
 /** What a refused handshake carries in `connect_error`'s `err.data`. */
 export interface HandshakeError {
-  code: "unauthorized" | "unavailable" | "internal";
+  code: "unauthorized" | "rate_limited" | "unavailable" | "internal";
   message: string;
 }
 
@@ -80,6 +122,18 @@ export interface ClientMethods {
   Sync: { args: [cursor: string | null, limit?: number]; result: SyncPage };
   /** At most 500 ids; replaces this socket's previous subscription. */
   SubscribePresence: { args: [userIds: UserId[]]; result: Record<UserId, PresenceState> };
+
+  CreateGroup: { args: [title: string, memberIds: UserId[], clientRequestId?: string | null]; result: GroupDto };
+  GetGroup: { args: [groupId: GroupId]; result: GroupDto };
+  AddGroupMembers: { args: [groupId: GroupId, userIds: UserId[]]; result: GroupDto };
+  /** Removing yourself is leaving. */
+  RemoveGroupMember: { args: [groupId: GroupId, userId: UserId]; result: null };
+  RenameGroup: { args: [groupId: GroupId, title: string]; result: GroupDto };
+  SendGroupMessage: { args: [groupId: GroupId, message: string, clientMessageId?: string | null]; result: MessageId };
+  GetGroupHistory: { args: [groupId: GroupId, skip?: number, take?: number]; result: MessageDto[] };
+  MarkGroupRead: { args: [groupId: GroupId]; result: number };
+  GroupTyping: { args: [groupId: GroupId, isTyping: boolean]; result: null };
+  GetMessageReceipts: { args: [messageId: MessageId]; result: Receipts };
 }
 
 export type MethodName = keyof ClientMethods;
@@ -101,6 +155,13 @@ export interface ServerEvents {
   SessionExpired: () => void;
   /** Live events may have been missed (e.g. a backplane outage): call Sync from your cursor. */
   SyncRequired: () => void;
+
+  ReceiveGroupMessage: (groupId: GroupId, messageDto: MessageDto) => void;
+  /** A group was created or renamed, or members joined or went (a removed member gets it once more). */
+  GroupChanged: (groupDto: GroupDto) => void;
+  UserTypingInGroup: (groupId: GroupId, userId: UserId, isTyping: boolean) => void;
+  /** This user's read position in a group moved on another device. */
+  GroupReadPositionChanged: (groupId: GroupId, messageId: MessageId) => void;
 }
 
 /** Socket.IO's typed-emit shape for the client side (used with Socket<ServerEvents, ClientEmits>). */
