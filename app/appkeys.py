@@ -11,11 +11,11 @@ from redis.asyncio import Redis
 if TYPE_CHECKING:
     from app.auth import TokenVerifier
     from app.config import Config
-    from app.db import Database
+    from app.storage.db import Database
     from app.metrics import Metrics
     from app.presence import Presence
     from app.service import ChatService
-    from app.store import MessageStore
+    from app.storage.store import MessageStore
     from handlers.backplane import RedisHubManager
     from handlers.chat import ChatNamespace
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from app.auth import DEFAULT_TOKEN_TTL_S, TokenVerifier
 from app.config import Config, ConfigError
-from app.db import migrate
+from app.storage.db import migrate
 from app.devcluster import run_cluster
 from app.errors import InvalidArgument
 from app.logs import configure_logging

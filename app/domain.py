@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import IntEnum
 from typing import Generic, TypeVar
 
 from app.errors import InvalidArgument
-from models import Status
 
 T = TypeVar("T")
 
@@ -24,7 +24,23 @@ _CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
 BIGINT_MAX = 2**63 - 1
 
 
+# -- limits -------------------------------------------------------------------
+
+USER_ID_MAX = 64
+DISPLAY_NAME_MAX = 100
+CLIENT_MESSAGE_ID_MAX = 64
+
+
 # -- values -------------------------------------------------------------------
+
+
+class Status(IntEnum):
+    """A message's delivery status. It only moves forward, so it is ordered."""
+
+    SENT = 0
+    DELIVERED = 1
+    READ = 2
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,14 @@ class Unavailable(ChatError):
     http_status = 503
 
 
+class OutcomeUnknown(Unavailable):
+    """A write's COMMIT went unanswered and the server shut down before learning its outcome.
+
+    The write may or may not be stored, so no answer may be given: the edge
+    sends none (a retry with the same clientMessageId is safe either way).
+    """
+
+
 class Internal(ChatError):
     code = "internal"
     http_status = 500

@@ -16,11 +16,11 @@ from app.appkeys import (
 from app.auth import TokenVerifier
 from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
 from app.config import Config
-from app.db import Database
+from app.storage.db import Database
 from app.metrics import Metrics
 from app.presence import Audience, LocalPresence, Presence
 from app.service import ChatService
-from app.store import MessageStore
+from app.storage.store import MessageStore
 from handlers import health
 from handlers.backplane import RedisHubManager
 from handlers.chat import NAMESPACE as HUB_NAMESPACE

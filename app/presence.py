@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from app.domain import Notice, PresenceChanged
-from app.store import MessageStore
+from app.storage.store import MessageStore
 
 
 class Presence(Protocol):

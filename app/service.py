@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from app.domain import (
     ChangePosition,
+    Status,
     ChatMessage,
     ConversationSummary,
     MessageArrived,
@@ -27,7 +28,7 @@ from app.domain import (
 from app.errors import Forbidden, InvalidArgument, NotFound
 from app.metrics import Metrics
 from app.presence import Presence
-from app.store import MessageStore, ReceiptResult
+from app.storage.store import MessageStore, ReceiptResult
 from app.validation import (
     MESSAGE_MAX_CHARS,
     check_display_name,
@@ -35,7 +36,6 @@ from app.validation import (
     check_text,
     check_user_id,
 )
-from models import Status
 
 HISTORY_TAKE_MAX = 100
 SYNC_LIMIT_MAX = 500
@@ -199,8 +199,8 @@ class ChatService:
 
     async def subscribe_presence(
         self, user_ids: list[object], watch: Callable[[frozenset[str]], Awaitable[None]]
-    ) -> dict[str, str]:
-        """Watch these users' presence (replacing what was watched); who of them is online now.
+    ) -> dict[str, bool]:
+        """Watch these users' presence (replacing what was watched); whether each is online now.
 
         ``watch`` is the edge's: it makes the caller's connection hear these
         users' changes from now on. It runs before the read, so a change
@@ -211,7 +211,7 @@ class ChatService:
         wanted = [check_user_id(u, "userIds[]") for u in user_ids]
         await watch(frozenset(wanted))
         online = await self._presence.online_among(wanted)
-        return {u: "Online" if u in online else "Offline" for u in wanted}
+        return {u: u in online for u in wanted}
 
     async def is_online(self, user_id: str) -> bool:
         return await self._presence.is_online(check_user_id(user_id, "userId"))

@@ -6,7 +6,7 @@ import re
 import unicodedata
 
 from app.errors import InvalidArgument
-from models import DISPLAY_NAME_MAX, USER_ID_MAX
+from app.domain import DISPLAY_NAME_MAX, USER_ID_MAX
 
 MESSAGE_MAX_CHARS = 4000
 

@@ -196,11 +196,11 @@ def measure_idle(name: str, url: str, secret: str, pid: int, a: argparse.Namespa
 async def query_times(db_url: str, rows: int) -> dict[str, float]:
     """Seed `rows` messages among 2,000 users, then time the reads a client makes."""
     from app.config import Config
-    from app.db import Database
+    from app.storage.db import Database
     from app.metrics import Metrics
     from app.presence import Audience, LocalPresence
     from app.service import ChatService
-    from app.store import MessageStore
+    from app.storage.store import MessageStore
 
     config = Config(database_url=db_url, jwt_secret="x" * 40)
     db = Database(config)

@@ -20,16 +20,28 @@ import socketio
 
 from app.auth import Identity, TokenVerifier, bearer_token
 from app.config import Config
-from app.domain import Notice, Outcome
-from app.errors import RateLimited, Unauthorized, Unavailable, UnknownEvent, client_error
+from app.domain import Notice, Outcome, Status
+from app.errors import (
+    OutcomeUnknown,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    UnknownEvent,
+    client_error,
+)
 from app.metrics import Metrics
 from app.presence import Presence
 from app.service import ChatService
-from app.storage.writer import OutcomeUnknown
 from handlers.limits import UserBudgets
 from handlers.routing import ok, routes_of
-from handlers.wire import Json, conversation_dto, message_dto, server_event, sync_page
-from models import Status
+from handlers.wire import (
+    Json,
+    conversation_dto,
+    message_dto,
+    presence_word,
+    server_event,
+    sync_page,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +358,8 @@ class ChatNamespace(socketio.AsyncNamespace):
                 await self.enter_room(caller.sid, watch_room(user_id))
             caller.watching = users
 
-        return await self._chat.subscribe_presence(user_ids, watch)
+        online = await self._chat.subscribe_presence(user_ids, watch)
+        return {user: presence_word(on) for user, on in online.items()}
 
     async def sync(self, caller: Caller, cursor: str | None = None, limit: int = 200) -> Json:
         return sync_page(await self._chat.sync(caller.user_id, cursor, limit))

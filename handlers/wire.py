@@ -16,12 +16,20 @@ from app.domain import (
     MessageArrived,
     MessageEchoed,
     PresenceChanged,
+    Status,
     StatusChanged,
     SyncPage,
     TypingChanged,
 )
 
 Json = dict[str, Any]
+
+# The protocol's names for statuses and presence.
+STATUS = {Status.SENT: "sent", Status.DELIVERED: "delivered", Status.READ: "read"}
+
+
+def presence_word(online: bool) -> str:
+    return "Online" if online else "Offline"
 
 
 def iso_ms(dt: datetime) -> str:
@@ -41,7 +49,7 @@ def message_dto(m: ChatMessage) -> Json:
         "senderId": m.sender_id,
         "receiverId": m.receiver_id,
         "text": m.text,
-        "status": m.status.wire,
+        "status": STATUS[m.status],
         "timestamp": iso_ms(m.created_at),
         "clientMessageId": m.client_message_id,
     }
@@ -71,13 +79,13 @@ def server_event(event: Event) -> tuple[str, tuple[Any, ...]]:
     """The wire name and positional arguments of a server -> client event."""
     match event:
         case MessageArrived(m):
-            return "ReceiveMessage", (m.sender_id, m.text, m.id, m.status.wire, message_dto(m))
+            return "ReceiveMessage", (m.sender_id, m.text, m.id, STATUS[m.status], message_dto(m))
         case MessageEchoed(m):
             return "MessageSent", (message_dto(m),)
         case StatusChanged(message_id, status):
-            return "MessageStatusChanged", (message_id, status.wire)
+            return "MessageStatusChanged", (message_id, STATUS[status])
         case PresenceChanged(user_id, online):
-            return "UserStatusChanged", (user_id, "Online" if online else "Offline")
+            return "UserStatusChanged", (user_id, presence_word(online))
         case TypingChanged(user_id, is_typing):
             return "UserTyping", (user_id, is_typing)
     raise TypeError(f"no wire form for {event!r}")

@@ -6,29 +6,13 @@ sent to a user who has never connected, and is handed over when they do.
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-USER_ID_MAX = 64
-DISPLAY_NAME_MAX = 100
-CLIENT_MESSAGE_ID_MAX = 64
+from app.domain import CLIENT_MESSAGE_ID_MAX, DISPLAY_NAME_MAX, USER_ID_MAX, Status
 # "<len(a)>:<a>|<b>" with a <= b: unambiguous whatever characters ids contain.
 PAIR_KEY_MAX = 2 + 1 + USER_ID_MAX + 1 + USER_ID_MAX
-
-
-class Status(IntEnum):
-    """Delivery status; stored as a number so "only forward" is a plain `<` in SQL."""
-
-    SENT = 0
-    DELIVERED = 1
-    READ = 2
-
-    @property
-    def wire(self) -> str:
-        return self.name.lower()
 
 
 class User(Model):
@@ -55,10 +39,10 @@ class Message(Model):
     receiver_id = fields.CharField(max_length=USER_ID_MAX)
     pair_key = fields.CharField(max_length=PAIR_KEY_MAX)
     text = fields.TextField()
-    status = fields.SmallIntField(default=Status.SENT)
+    status = fields.SmallIntField(default=int(Status.SENT))  # app.domain.Status, as a number
     client_message_id = fields.CharField(max_length=CLIENT_MESSAGE_ID_MAX, null=True)
     created_at = fields.DatetimeField()
-    # Position in the global change order (see app/store.py); rows touched by one
+    # Position in the global change order (see app/storage/store.py); rows touched by one
     # transaction share a value and are ordered by id within it.
     change_seq = fields.BigIntField()
 

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from app.config import Config
-from app.db import Database, migrate
+from app.storage.db import Database, migrate
 from app.main import create_app
 from models import Conversation, Counter, Message, User
 from tests.support import (

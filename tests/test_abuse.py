@@ -202,18 +202,19 @@ async def test_a_polling_post_engine_io_cannot_decode_is_refused_in_one_line(ser
 async def test_sessions_that_never_authenticate_free_their_descriptors_at_the_deadline(
     serve: Serve,
 ) -> None:
-    served = await serve(CHAT_HANDSHAKE_TIMEOUT_S="1")
+    served = await serve(CHAT_HANDSHAKE_TIMEOUT_S="3")
     baseline = open_fds(served.proc.pid)
-    sockets = [await RawSocket.open(served.url) for _ in range(200)]
+    started = time.monotonic()
+    sockets = list(await asyncio.gather(*(RawSocket.open(served.url) for _ in range(200))))
     try:
-        assert open_fds(served.proc.pid) >= baseline + 200
-        started = time.monotonic()
+        assert time.monotonic() - started < 3, "opening took longer than the deadline"
+        assert open_fds(served.proc.pid) >= baseline + 195  # give or take the odd file
 
         async def released() -> bool:
             return open_fds(served.proc.pid) <= baseline + 5
 
-        await eventually("the idle sessions' descriptors to be released", released, 4)
-        assert time.monotonic() - started < 2.5  # the deadline (1 s) plus at most a second
+        await eventually("the idle sessions' descriptors to be released", released, 8)
+        assert time.monotonic() - started < 3 + 1.5  # the deadline plus at most a second
         for raw in sockets[:5]:
             assert await raw.receive(timeout=2) is None  # the TCP connection, not just CLOSE
     finally:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 
 from app.config import Config
-from app.db import Database
+from app.storage.db import Database
 from models import Message
 from tests.support import ChatClient, Serve, make_token
 

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestServer
 
 from app.appkeys import DB
 from app.config import Config
-from app.db import Database
+from app.storage.db import Database
 from models import Message
 from tests.support import (
     ChatClient,

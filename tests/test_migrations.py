@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Config
-from app.db import APP_LABEL, Database, migrate, migrations_location, tortoise_config
+from app.storage.db import APP_LABEL, Database, migrate, migrations_location, tortoise_config
 from models import Message
 from tests.support import SECRET, SERVER_SCRIPT, mysql_admin, mysql_connect_kwargs, mysql_url
 

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.config import Config
-from app.db import Database
-from app.domain import START
+from app.storage.db import Database
+from app.domain import START, Status
 from app.errors import Unavailable
-from app.store import MessageStore, ReceiptResult
-from models import Conversation, Message, Status
+from app.storage.store import MessageStore, ReceiptResult
+from models import Conversation, Message
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The write path's own database connections: every step bounded, none reused after it hangs.
 
-Group commits (app/store.py) run on connections of their own rather than on
+Group commits (app/storage/store.py) run on connections of their own rather than on
 the ORM's pool, because a write that stops half-way needs what a pool does
 not do:
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from app.errors import ChatError
+from app.errors import OutcomeUnknown
 from app.storage.failures import is_storage_failure
 
 logger = logging.getLogger(__name__)
@@ -42,17 +42,6 @@ T = TypeVar("T")
 RESOLVE_RETRY_S = 0.5
 # Closing a connection we gave up on must not hold anything up.
 DISCARD_TIMEOUT_S = 2.0
-
-
-class OutcomeUnknown(ChatError):
-    """A COMMIT was sent and never answered, and the server shut down before it was learned.
-
-    The write may or may not be stored. The edge sends no answer at all (the
-    client's retry with the same ``clientMessageId`` is safe either way).
-    """
-
-    code = "unavailable"
-    http_status = 503
 
 
 class Tx(Protocol):

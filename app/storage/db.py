@@ -30,7 +30,7 @@ from app.storage.writer import WriteConnections, driver_for
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 APP_LABEL = "models"
 
 def tortoise_config(database_url: str, lock_wait_s: int | None = None) -> dict[str, Any]:

@@ -32,12 +32,13 @@ from tortoise.expressions import Q
 from tortoise.functions import Count
 
 from app.batching import Abandoned, BatchingQueue, Interrupted
-from app.db import Database
+from app.storage.db import Database
 from app.storage.failures import is_storage_failure
 from app.domain import ChangePosition, ChatMessage
-from app.errors import InvalidArgument, Unavailable
-from app.storage.writer import OutcomeUnknown, Tx
-from models import Conversation, Message, Status, User
+from app.errors import InvalidArgument, OutcomeUnknown, Unavailable
+from app.storage.writer import Tx
+from app.domain import Status
+from models import Conversation, Message, User
 
 logger = logging.getLogger(__name__)
 
