@@ -14,19 +14,21 @@ if TYPE_CHECKING:
     from app.storage.db import Database
     from app.metrics import Metrics
     from app.presence import Presence
+    from app.groups import GroupService
     from app.service import ChatService
-    from app.storage.store import MessageStore
+    from app.storage.store import Storage
     from handlers.backplane import RedisHubManager
     from handlers.chat import ChatNamespace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 DB: web.AppKey[Database] = web.AppKey("db")
-STORE: web.AppKey[MessageStore] = web.AppKey("store")
+STORE: web.AppKey[Storage] = web.AppKey("store")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio", socketio.AsyncServer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 CHAT: web.AppKey[ChatService] = web.AppKey("chat")
+GROUPS: web.AppKey[GroupService] = web.AppKey("groups")
 NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
 # What /readyz last said of each check, so the log says it once per change.
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness", dict)

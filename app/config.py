@@ -73,6 +73,8 @@ class Config:
     ws_compression: bool = False
     # Engine.IO refuses larger packets before they reach a handler.
     max_packet_bytes: int = 64 * 1024
+    # Most members a group may have, its creator included.
+    max_group_size: int = 1000
     # Longest a client call may take before it answers `unavailable` (a stalled database).
     call_timeout_s: float = 10.0
     # Peers whose X-Forwarded-For is believed (a load balancer): per-address limits
@@ -125,6 +127,7 @@ class Config:
             http_idle_timeout_s=float(_int(env, "CHAT_HTTP_IDLE_TIMEOUT_S", 10, 1, 600)),
             shutdown_grace_s=float(_int(env, "CHAT_SHUTDOWN_GRACE_S", 10, 0, 3600)),
             call_timeout_s=float(_int(env, "CHAT_CALL_TIMEOUT_S", 10, 1, 3600)),
+            max_group_size=_int(env, "CHAT_MAX_GROUP_SIZE", 1000, 2, 100_000),
             trusted_proxies=_networks(env, "CHAT_TRUSTED_PROXIES"),
             log_level=env.get("CHAT_LOG_LEVEL", "INFO").upper(),
             demo_dir=Path(env["CHAT_DEMO_DIR"]) if env.get("CHAT_DEMO_DIR") else None,

@@ -29,6 +29,8 @@ BIGINT_MAX = 2**63 - 1
 USER_ID_MAX = 64
 DISPLAY_NAME_MAX = 100
 CLIENT_MESSAGE_ID_MAX = 64
+GROUP_ID_MAX = 64
+GROUP_TITLE_MAX = 100
 
 
 # -- values -------------------------------------------------------------------
@@ -42,6 +44,12 @@ class Status(IntEnum):
     READ = 2
 
 
+class Role(IntEnum):
+    """A group member's role: admins change the group, members talk in it."""
+
+    MEMBER = 0
+    ADMIN = 1
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
@@ -50,12 +58,15 @@ class ChatMessage:
     row: int  # insert order; never shown to clients
     id: str  # the uuid clients know it by
     sender_id: str
-    receiver_id: str
+    receiver_id: str | None  # None for a group message
     text: str
+    # A group message's status is the aggregate over its recipients: read once
+    # every one has read it, delivered once every one has it.
     status: Status
     created_at: datetime
     client_message_id: str | None
     change_seq: int
+    group_id: str | None = None
 
     @property
     def position(self) -> ChangePosition:
@@ -88,15 +99,54 @@ START = ChangePosition(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class ConversationSummary:
-    """One entry of a user's conversation list."""
+    """One entry of a user's conversation list: another user, or a group."""
 
-    peer_id: str
+    id: str  # the other user's id, or the group's
     name: str
     avatar: str | None
     preview: str
     last_at: datetime
     is_active: bool
     unread: int
+    member_count: int | None = None  # a group's size; None for a direct conversation
+
+    @property
+    def is_group(self) -> bool:
+        return self.member_count is not None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    user_id: str
+    name: str
+    role: Role
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group as its members see it: who is in it now."""
+
+    id: str
+    title: str
+    avatar: str | None
+    created_by: str
+    created_at: datetime
+    members: tuple[GroupMember, ...]
+
+    @property
+    def member_ids(self) -> tuple[str, ...]:
+        return tuple(m.user_id for m in self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipts:
+    """Who of a message's recipients has it and has read it (GetMessageReceipts)."""
+
+    recipient_count: int
+    delivered_count: int
+    read_count: int
+    read_by: tuple[str, ...] | None  # None when there are too many recipients to list
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +154,9 @@ class SyncPage:
     messages: list[ChatMessage]
     cursor: ChangePosition
     has_more: bool
+    # Groups created, renamed or whose members changed within this page's changes,
+    # including those the reader left or was removed from.
+    groups: list[Group] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +184,39 @@ class MessageEchoed:
 
 @dataclass(frozen=True, slots=True)
 class StatusChanged:
+    """A message's status moved forward (a group message's aggregate, for its sender)."""
+
     message_id: str
     status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMessageArrived:
+    """A new group message for the members other than its sender."""
+
+    message: ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChanged:
+    """A group was created, renamed, or members came or went."""
+
+    group: Group
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTypingChanged:
+    group_id: str
+    user_id: str
+    is_typing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPositionMoved:
+    """The reader's position in a group moved: their other devices clear the unread count."""
+
+    group_id: str
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +231,17 @@ class TypingChanged:
     is_typing: bool
 
 
-Event = MessageArrived | MessageEchoed | StatusChanged | PresenceChanged | TypingChanged
+Event = (
+    MessageArrived
+    | MessageEchoed
+    | StatusChanged
+    | PresenceChanged
+    | TypingChanged
+    | GroupMessageArrived
+    | GroupChanged
+    | GroupTypingChanged
+    | ReadPositionMoved
+)
 
 
 # -- who must hear it ---------------------------------------------------------

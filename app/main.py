@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from app.appkeys import (
-    BACKPLANE, CHAT, CONFIG, DB, METRICS, NAMESPACE, PRESENCE, READINESS, REDIS, SIO, STORE,
-    VERIFIER,
+    BACKPLANE, CHAT, CONFIG, DB, GROUPS, METRICS, NAMESPACE, PRESENCE, READINESS, REDIS, SIO,
+    STORE, VERIFIER,
 )
 from app.auth import TokenVerifier
 from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
@@ -19,8 +19,9 @@ from app.config import Config
 from app.storage.db import Database
 from app.metrics import Metrics
 from app.presence import Audience, LocalPresence, Presence
+from app.groups import GroupService
 from app.service import ChatService
-from app.storage.store import MessageStore
+from app.storage.store import Storage
 from handlers import health
 from handlers.backplane import RedisHubManager
 from handlers.chat import NAMESPACE as HUB_NAMESPACE
@@ -49,10 +50,10 @@ def create_app(config: Config) -> web.Application:
     clustered = config.redis_url is not None
     app[METRICS] = metrics = Metrics(config.instance_id if clustered else None)
     app[DB] = db = Database(config)
-    app[STORE] = store = MessageStore(
+    app[STORE] = storage = Storage(
         db, config.call_timeout_s, config.dialect, on_batch=metrics.write_batch.observe
     )
-    audience = Audience(config.presence_scope, store)
+    audience = Audience(config.presence_scope, storage.conversations)
     presence: Presence
     if clustered:
         app[REDIS] = redis = redis_client(config.redis_url)
@@ -63,7 +64,8 @@ def create_app(config: Config) -> web.Application:
     else:
         presence = LocalPresence(audience)
     app[PRESENCE] = presence
-    app[CHAT] = chat = ChatService(store, presence, metrics)
+    app[CHAT] = chat = ChatService(storage, presence, metrics)
+    app[GROUPS] = groups = GroupService(storage, metrics, config.max_group_size)
     app[VERIFIER] = verifier = TokenVerifier(config)
 
     manager: HubManager | RedisHubManager
@@ -96,7 +98,7 @@ def create_app(config: Config) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
-    namespace = ChatNamespace(config, chat, presence, verifier, metrics)
+    namespace = ChatNamespace(config, chat, groups, presence, verifier, metrics)
     manager.on_connected = namespace.connected
     if isinstance(manager, RedisHubManager):
         manager.on_missed = namespace.sync_required

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from app.domain import Notice, PresenceChanged
-from app.storage.store import MessageStore
+from app.storage.conversations import Conversations
 
 
 class Presence(Protocol):
@@ -47,9 +47,9 @@ class Audience:
     ``all``: every connected user, which costs O(connections) per change.
     """
 
-    def __init__(self, scope: str, store: MessageStore) -> None:
+    def __init__(self, scope: str, conversations: Conversations) -> None:
         self._scope = scope
-        self._store = store
+        self._conversations = conversations
 
     async def notices(self, user_id: str, online: bool) -> tuple[Notice, ...]:
         event = PresenceChanged(user_id, online)
@@ -58,7 +58,7 @@ class Audience:
         except_caller = online
         if self._scope == "all":
             return (Notice.to_everyone(event, except_caller=except_caller),)
-        contacts = await self._store.peers(user_id)
+        contacts = await self._conversations.peers(user_id)
         return (
             Notice.to_users(
                 event, *contacts, except_caller=except_caller, watchers_of=(user_id,)

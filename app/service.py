@@ -1,9 +1,13 @@
-"""The chat domain: the rules behind every hub method and REST view.
+"""The chat domain: the rules behind every hub method and REST view but the group ones.
 
 The service speaks in user ids and domain values. It never sees a connection
 and never emits: where something happened that others must hear of, it
 returns an :class:`~app.domain.Outcome` whose notices say what happened and
 which users must hear it. The edges (handlers/) deliver them.
+
+Groups have their own service (app/groups.py); this one answers for what is
+shared by direct and group messages: receipts, Sync, the conversation list
+and a message's receipts.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ from collections.abc import Awaitable, Callable
 
 from app.domain import (
     ChangePosition,
-    Status,
     ChatMessage,
     ConversationSummary,
     MessageArrived,
     MessageEchoed,
     Notice,
     Outcome,
+    ReadPositionMoved,
+    Receipts,
     Registered,
+    Status,
     StatusChanged,
     SyncPage,
     TypingChanged,
@@ -28,7 +34,8 @@ from app.domain import (
 from app.errors import Forbidden, InvalidArgument, NotFound
 from app.metrics import Metrics
 from app.presence import Presence
-from app.storage.store import MessageStore, ReceiptResult
+from app.storage.messages import ReceiptOutcome, ReceiptResult
+from app.storage.store import Storage
 from app.validation import (
     MESSAGE_MAX_CHARS,
     check_display_name,
@@ -41,13 +48,16 @@ HISTORY_TAKE_MAX = 100
 SYNC_LIMIT_MAX = 500
 PENDING_PAGE = 500
 SUBSCRIBE_MAX = 500
+# GetMessageReceipts lists who has read a message up to this many recipients.
+READ_BY_MAX = 100
 # How many users' token claims to remember, to skip the write on a reconnect.
 TOKEN_CACHE_USERS = 100_000
 
 
 class ChatService:
-    def __init__(self, store: MessageStore, presence: Presence, metrics: Metrics) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, presence: Presence, metrics: Metrics) -> None:
+        self._storage = storage
+        self._messages = storage.messages
         self._presence = presence
         self._metrics = metrics
         # user id -> what their token last said that we stored (least recent first).
@@ -68,20 +78,20 @@ class ChatService:
         if self._token_said.get(user_id) == said:
             self._token_said.move_to_end(user_id)
             return
-        await self._store.save_user(user_id, **changes)
+        await self._storage.save_user(user_id, **changes)
         self._token_said[user_id] = said
         self._token_said.move_to_end(user_id)
         if len(self._token_said) > TOKEN_CACHE_USERS:
             self._token_said.popitem(last=False)
 
     async def register_user(self, caller: str, user_name: str) -> Outcome[Registered]:
-        """Set the display name; hand the caller every message still waiting for them."""
+        """Set the display name; hand the caller every direct message still waiting for them."""
         name = check_display_name(user_name)
-        await self._store.save_user(caller, display_name=name)
+        await self._storage.save_user(caller, display_name=name)
         pending: list[ChatMessage] = []
         after = 0
         while True:
-            page = await self._store.pending(caller, after, PENDING_PAGE)
+            page = await self._messages.pending(caller, after, PENDING_PAGE)
             pending.extend(page)
             if len(page) < PENDING_PAGE:
                 break
@@ -111,17 +121,15 @@ class ChatService:
             raise Forbidden("senderId must be your own user id")
         if receiver == sender:
             raise InvalidArgument("receiverId must be another user")
-        message, created = await self._store.insert_message(
-            sender, receiver, body, client_message_id
-        )
-        if not created:  # an idempotent repeat: deliver nothing again
-            return Outcome(message.id)
+        sent = await self._messages.insert(sender, receiver, body, client_message_id)
+        if not sent.created:  # an idempotent repeat: deliver nothing again
+            return Outcome(sent.message.id)
         self._metrics.messages_sent.inc()
         return Outcome(
-            message.id,
+            sent.message.id,
             (
-                Notice.to_users(MessageArrived(message), receiver),
-                Notice.to_users(MessageEchoed(message), sender, except_caller=True),
+                Notice.to_users(MessageArrived(sent.message), receiver),
+                Notice.to_users(MessageEchoed(sent.message), sender, except_caller=True),
             ),
         )
 
@@ -134,7 +142,7 @@ class ChatService:
         check_range(take, "take", 1, HISTORY_TAKE_MAX)
         if caller not in (a, b):
             raise Forbidden("you can only read conversations you take part in")
-        return await self._store.history(a, b, skip, take)
+        return await self._messages.history(a, b, skip, take)
 
     async def history_page(
         self, caller: str, other_id: str, before: str | None, limit: int
@@ -144,55 +152,90 @@ class ChatService:
         check_range(limit, "limit", 1, HISTORY_TAKE_MAX)
         before_row = None
         if before is not None:
-            anchor = await self._store.get(before)
-            if anchor is None or {anchor.sender_id, anchor.receiver_id} != {caller, other}:
+            anchor = await self._messages.get(before)
+            if anchor is None or anchor.group_id is not None or {
+                anchor.sender_id, anchor.receiver_id
+            } != {caller, other}:
                 raise NotFound("before names no message of this conversation")
             before_row = anchor.row
-        page = await self._store.history_before(caller, other, before_row, limit + 1)
-        more = len(page) > limit
-        page = page[:limit]
-        return page, (page[-1].id if more else None)
+        page = await self._messages.history_before(caller, other, before_row, limit + 1)
+        return _paged(page, limit)
 
     async def mark_status(self, caller: str, message_id: str, status: Status) -> Outcome[None]:
-        """Receipt for one message; no notice when the status was already reached."""
+        """A receipt for one message: a direct one's status, or the caller's position in a group.
+
+        No notice when nothing moved (a status or position reached already).
+        """
         if not message_id:
             raise InvalidArgument("messageId must be a non-empty string")
-        result, message = await self._store.receipt(caller, message_id, status)
-        if result is ReceiptResult.MISSING:
+        outcome = await self._messages.receipt(caller, message_id, status)
+        if outcome.result is ReceiptResult.MISSING:
             raise NotFound("no such message")
-        if result is ReceiptResult.NOT_RECEIVER:
-            raise Forbidden("only the receiver can acknowledge a message")
-        if message is None:  # ALREADY: a no-op
-            return Outcome(None)
-        return Outcome(None, (_status_notice(message, status),))
+        if outcome.result is ReceiptResult.NOT_RECEIVER:
+            raise Forbidden(
+                "only the receiver, or a recipient who is still a member, acknowledges a message"
+            )
+        return Outcome(None, _receipt_notices(caller, outcome))
 
     async def mark_conversation_read(self, caller: str, other_user_id: str) -> Outcome[int]:
         other = check_user_id(other_user_id, "otherUserId")
-        changed = await self._store.mark_read(other, caller)
-        return Outcome(len(changed), tuple(_status_notice(m, Status.READ) for m in changed))
+        changed = await self._messages.mark_read(other, caller)
+        return Outcome(len(changed), tuple(_direct_status(m) for m in changed))
+
+    async def receipts(self, caller: str, message_id: str) -> Receipts:
+        """Who has a message the caller sent, and who has read it (direct or group)."""
+        if not message_id:
+            raise InvalidArgument("messageId must be a non-empty string")
+        found = await self._messages.counts(message_id)
+        if found is None:
+            raise NotFound("no such message")
+        message, recipients, delivered, read = found
+        if message.sender_id != caller:
+            raise Forbidden("only the sender sees a message's receipts")
+        if message.group_id is None:
+            receiver = message.receiver_id or ""
+            return Receipts(
+                1,
+                int(message.status >= Status.DELIVERED),
+                int(message.status >= Status.READ),
+                (receiver,) if message.status >= Status.READ else (),
+            )
+        read_by = None
+        if recipients <= READ_BY_MAX:
+            read_by = await self._storage.groups.read_by(message.group_id, message.row, caller)
+        return Receipts(recipients, delivered, read, read_by)
 
     async def sync(self, caller: str, cursor: str | None, limit: int) -> SyncPage:
+        """Every change the caller may see after `cursor`, direct and group, in change order."""
         check_range(limit, "limit", 1, SYNC_LIMIT_MAX)
         after = ChangePosition.decode(cursor)
-        page = await self._store.changes(caller, after, limit + 1)
+        page, changed = await self._storage.changes.changes(caller, after, limit + 1)
         more = len(page) > limit
         page = page[:limit]
-        return SyncPage(page, page[-1].position if page else after, more)
+        end = page[-1].position if page else after
+        if more:
+            # Group changes up to the page's last change go with it; later ones with later pages.
+            changed = [c for c in changed if c.seq <= end.seq]
+        elif changed and changed[-1].seq > end.seq:
+            end = ChangePosition(changed[-1].seq, 0)
+        groups = await self._storage.groups.groups(list(dict.fromkeys(c.group_id for c in changed)))
+        return SyncPage(page, end, more, groups)
 
     # -- conversations and presence ---------------------------------------
 
     async def conversations(self, caller: str) -> list[ConversationSummary]:
-        rows = await self._store.conversations(caller)
-        online = await self._presence.online_among(r.peer_id for r in rows)
+        rows = await self._storage.conversations.of(caller)
+        online = await self._presence.online_among(r.id for r in rows if r.member_count is None)
         return [
             ConversationSummary(
-                peer_id=r.peer_id,
+                id=r.id,
                 name=r.name,
                 avatar=r.avatar,
                 preview=r.preview,
                 last_at=r.last_at,
-                is_active=r.peer_id in online,
+                is_active=r.member_count is None and r.id in online,
                 unread=r.unread,
+                member_count=r.member_count,
             )
             for r in rows
         ]
@@ -227,11 +270,33 @@ class ChatService:
         return Outcome(None, (Notice.to_users(TypingChanged(caller, is_typing), receiver),))
 
 
-def _status_notice(message: ChatMessage, status: Status) -> Notice:
+def _paged(page: list[ChatMessage], limit: int) -> tuple[list[ChatMessage], str | None]:
+    """A page of `limit` from `limit + 1` read, and the id to continue before."""
+    more = len(page) > limit
+    page = page[:limit]
+    return page, (page[-1].id if more else None)
+
+
+def _receipt_notices(caller: str, outcome: ReceiptOutcome) -> tuple[Notice, ...]:
+    if outcome.group_id is None:
+        return tuple(_direct_status(m) for m in outcome.moved)
+    notices = [
+        # A group message's aggregate: its sender's sockets (the reader is not the sender).
+        Notice.to_users(StatusChanged(m.id, m.status), m.sender_id)
+        for m in outcome.moved
+    ]
+    if outcome.read_position is not None:
+        # The reader's other devices clear their unread count.
+        moved = ReadPositionMoved(outcome.group_id, outcome.read_position)
+        notices.append(Notice.to_users(moved, caller, except_caller=True))
+    return tuple(notices)
+
+
+def _direct_status(message: ChatMessage) -> Notice:
     # The sender's connections and the receiver's other ones; the caller knows already.
     return Notice.to_users(
-        StatusChanged(message.id, status),
+        StatusChanged(message.id, message.status),
         message.sender_id,
-        message.receiver_id,
+        message.receiver_id or "",
         except_caller=True,
     )

@@ -6,13 +6,14 @@ import re
 import unicodedata
 
 from app.errors import InvalidArgument
-from app.domain import DISPLAY_NAME_MAX, USER_ID_MAX
+from app.domain import DISPLAY_NAME_MAX, GROUP_TITLE_MAX, USER_ID_MAX
 
 MESSAGE_MAX_CHARS = 4000
 
 
-def check_user_id(value: object, name: str) -> str:
-    """A user id: a non-empty string of at most 64 characters with no edge whitespace.
+def check_id(value: object, name: str) -> str:
+    """An id (of a user, a group, a client's request): a non-empty string of at most 64
+    characters with no edge whitespace and no control characters.
 
     Edge whitespace is refused because MySQL's PAD SPACE collations would
     otherwise make "bob" and "bob " the same user.
@@ -24,6 +25,9 @@ def check_user_id(value: object, name: str) -> str:
     if value != value.strip() or not value.isprintable():
         raise InvalidArgument(f"{name} must not contain control characters or edge whitespace")
     return value
+
+
+check_user_id = check_id
 
 
 def check_text(value: object, name: str, limit: int) -> str:
@@ -47,6 +51,14 @@ def is_unicode_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_title(value: object) -> str:
+    """A group's title: 1-100 characters, cleaned like a display name."""
+    title = display_name(check_text(value, "title", GROUP_TITLE_MAX))
+    if not title:
+        raise InvalidArgument("title must hold visible characters")
+    return title
 
 
 def check_display_name(value: object) -> str:

@@ -31,14 +31,17 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.presence import Presence
+from app.groups import GroupService
 from app.service import ChatService
 from handlers.limits import UserBudgets
 from handlers.routing import ok, routes_of
 from handlers.wire import (
     Json,
     conversation_dto,
+    group_dto,
     message_dto,
     presence_word,
+    receipts_dto,
     server_event,
     sync_page,
 )
@@ -84,6 +87,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self,
         config: Config,
         chat: ChatService,
+        groups: GroupService,
         presence: Presence,
         verifier: TokenVerifier,
         metrics: Metrics,
@@ -91,6 +95,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         super().__init__(NAMESPACE)
         self._config = config
         self._chat = chat
+        self._groups = groups
         self._presence = presence
         self._verifier = verifier
         self._metrics = metrics
@@ -363,3 +368,47 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def sync(self, caller: Caller, cursor: str | None = None, limit: int = 200) -> Json:
         return sync_page(await self._chat.sync(caller.user_id, cursor, limit))
+
+    async def get_message_receipts(self, caller: Caller, message_id: str) -> Json:
+        return receipts_dto(await self._chat.receipts(caller.user_id, message_id))
+
+    # -- groups (v2.0) ------------------------------------------------------
+
+    async def create_group(
+        self, caller: Caller, title: str, member_ids: list[object],
+        client_request_id: str | None = None,
+    ) -> Json:
+        outcome = await self._groups.create(caller.user_id, title, member_ids, client_request_id)
+        return group_dto(await self._heard(caller, outcome))
+
+    async def get_group(self, caller: Caller, group_id: str) -> Json:
+        return group_dto(await self._groups.get(caller.user_id, group_id))
+
+    async def add_group_members(self, caller: Caller, group_id: str, user_ids: list[object]) -> Json:
+        outcome = await self._groups.add_members(caller.user_id, group_id, user_ids)
+        return group_dto(await self._heard(caller, outcome))
+
+    async def remove_group_member(self, caller: Caller, group_id: str, user_id: str) -> None:
+        await self._heard(caller, await self._groups.remove_member(caller.user_id, group_id, user_id))
+
+    async def rename_group(self, caller: Caller, group_id: str, title: str) -> Json:
+        outcome = await self._groups.rename(caller.user_id, group_id, title)
+        return group_dto(await self._heard(caller, outcome))
+
+    async def send_group_message(
+        self, caller: Caller, group_id: str, message: str, client_message_id: str | None = None
+    ) -> str:
+        outcome = await self._groups.send(caller.user_id, group_id, message, client_message_id)
+        return await self._heard(caller, outcome)
+
+    async def get_group_history(
+        self, caller: Caller, group_id: str, skip: int = 0, take: int = 50
+    ) -> list[Json]:
+        page = await self._groups.history(caller.user_id, group_id, skip, take)
+        return [message_dto(m) for m in page]
+
+    async def mark_group_read(self, caller: Caller, group_id: str) -> int:
+        return await self._heard(caller, await self._groups.mark_read(caller.user_id, group_id))
+
+    async def group_typing(self, caller: Caller, group_id: str, is_typing: bool) -> None:
+        await self._heard(caller, await self._groups.typing(caller.user_id, group_id, is_typing))

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
-from app.appkeys import CHAT, CONFIG, VERIFIER
+from app.appkeys import CHAT, CONFIG, GROUPS, VERIFIER
 from app.auth import Identity, bearer_token
 from app.errors import ChatError, InvalidArgument, client_error
-from handlers.wire import conversation_dto, message_dto
+from handlers.wire import conversation_dto, group_dto, message_dto
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,26 @@ async def messages(request: web.Request) -> web.Response:
     before = request.query.get("before") or None
     page, next_before = await request.app[CHAT].history_page(
         caller, request.match_info["userId"], before, limit
+    )
+    return web.json_response(
+        {"messages": [message_dto(m) for m in page], "nextBefore": next_before}
+    )
+
+
+@routes.get("/api/groups/{groupId}")
+async def group(request: web.Request) -> web.Response:
+    caller = request[IDENTITY].user_id
+    found = await request.app[GROUPS].get(caller, request.match_info["groupId"])
+    return web.json_response(group_dto(found))
+
+
+@routes.get("/api/groups/{groupId}/messages")
+async def group_messages(request: web.Request) -> web.Response:
+    caller = request[IDENTITY].user_id
+    limit = _int_query(request, "limit", 50)
+    before = request.query.get("before") or None
+    page, next_before = await request.app[GROUPS].history_page(
+        caller, request.match_info["groupId"], before, limit
     )
     return web.json_response(
         {"messages": [message_dto(m) for m in page], "nextBefore": next_before}

@@ -36,6 +36,17 @@ EVENTS = {
     "Typing": "typing",
     "Sync": "sync",
     "SubscribePresence": "subscribe_presence",
+    "GetMessageReceipts": "get_message_receipts",
+    # Groups (v2.0)
+    "CreateGroup": "create_group",
+    "GetGroup": "get_group",
+    "AddGroupMembers": "add_group_members",
+    "RemoveGroupMember": "remove_group_member",
+    "RenameGroup": "rename_group",
+    "SendGroupMessage": "send_group_message",
+    "GetGroupHistory": "get_group_history",
+    "MarkGroupRead": "mark_group_read",
+    "GroupTyping": "group_typing",
 }
 
 # JavaScript's Number.MAX_SAFE_INTEGER: the largest integer every client can send exactly.

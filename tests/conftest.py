@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from app.config import Config
 from app.storage.db import Database, migrate
 from app.main import create_app
-from models import Conversation, Counter, Message, User
+from models import Conversation, Counter, Group, GroupMember, Message, User
 from tests.support import (
     EVENT_TIMEOUT_S,
     MYSQL_ADMIN_URL,
@@ -87,7 +87,7 @@ async def clean_database(config: Config) -> Config:
     await db.open()
     try:
         with db.bound():
-            for model in (Message, Conversation, User):
+            for model in (Message, Conversation, User, Group, GroupMember):
                 await model.all().delete()
             await Counter.filter(name="change").update(value=0)
     finally:

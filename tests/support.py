@@ -152,13 +152,15 @@ Connect = Callable[..., Awaitable["ChatClient"]]
 async def db_snapshot(server: TestServer) -> dict[str, Any]:
     """Everything the server has stored, to show that a refused call changed nothing."""
     from app.appkeys import DB
-    from models import Conversation, Counter, Message, User
+    from models import Conversation, Counter, Group, GroupMember, Message, User
 
     with server.app[DB].bound():
         return {
             "messages": await Message.all().order_by("id").values(),
             "conversations": await Conversation.all().order_by("id").values(),
             "users": await User.all().order_by("id").values(),
+            "groups": await Group.all().order_by("id").values(),
+            "members": await GroupMember.all().order_by("id").values(),
             "counter": await Counter.all().values(),
         }
 

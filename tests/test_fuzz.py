@@ -32,6 +32,8 @@ from tests.support import ChatClient, Connect, ServerFactory, db_snapshot
 CODES = {"invalid_argument", "forbidden", "not_found", "unknown_event"}
 MESSAGE_ID = "<a real message id>"
 CURSOR = "<a real Sync cursor>"
+GROUP_ID = "<a real group id>"
+GROUP_MESSAGE_ID = "<a real group message id>"
 EXAMPLES = 300
 
 scalars = st.one_of(
@@ -43,7 +45,8 @@ scalars = st.one_of(
     st.text(st.characters(codec=None, exclude_categories=()), max_size=20),  # lone surrogates too
     st.text(max_size=5000),
     st.sampled_from(["alice", "bob", "carol", "", " ", "x" * 65, "\u0000", MESSAGE_ID, CURSOR,
-                     "0.0", "1.2\n", "-1.5", "99999999999999999999.1"]),
+                     GROUP_ID, GROUP_MESSAGE_ID, "0.0", "1.2\n", "-1.5",
+                     "99999999999999999999.1"]),
 )
 values = st.recursive(
     scalars,
@@ -64,7 +67,8 @@ ROUTES = routes_of(_Signatures())
 user_ids = st.sampled_from(["alice", "alice", "bob", "bob", "carol", "x" * 64])
 plausible: dict[type, st.SearchStrategy[Any]] = {
     # Mostly real ids: a call must get past "who are you" for its other arguments to matter.
-    str: st.one_of(user_ids, user_ids, user_ids, st.sampled_from([MESSAGE_ID, CURSOR, "hello"]),
+    str: st.one_of(user_ids, user_ids, user_ids,
+                   st.sampled_from([MESSAGE_ID, CURSOR, GROUP_ID, GROUP_MESSAGE_ID, "hello"]),
                    st.text(max_size=30)),
     # Small numbers, and the edges where integers stop fitting a double or a BIGINT.
     int: st.one_of(st.integers(-5, 300), st.sampled_from(
@@ -89,6 +93,16 @@ VALID: dict[str, list[Any]] = {
     "Typing": ["bob", True],
     "Sync": [CURSOR, 200],
     "SubscribePresence": [["bob"]],
+    "GetMessageReceipts": [GROUP_MESSAGE_ID],
+    "CreateGroup": ["Team", ["bob", "carol"], None],
+    "GetGroup": [GROUP_ID],
+    "AddGroupMembers": [GROUP_ID, ["carol"]],
+    "RemoveGroupMember": [GROUP_ID, "bob"],
+    "RenameGroup": [GROUP_ID, "Another title"],
+    "SendGroupMessage": [GROUP_ID, "hi all", None],
+    "GetGroupHistory": [GROUP_ID, 0, 50],
+    "MarkGroupRead": [GROUP_ID],
+    "GroupTyping": [GROUP_ID, True],
 }
 
 
@@ -150,7 +164,9 @@ async def fuzz_target(
     first = await bob.ok("SendMessage", "bob", "alice", "hello", "c1")
     await alice.ok("SendMessage", "alice", "bob", "hi", "c2")
     cursor = (await alice.ok("Sync", None, 1))["cursor"]
-    real = {MESSAGE_ID: first, CURSOR: cursor}
+    group = (await alice.ok("CreateGroup", "Care team", ["bob"], "g1"))["id"]
+    in_group = await alice.ok("SendGroupMessage", group, "hello team", "c3")
+    real = {MESSAGE_ID: first, CURSOR: cursor, GROUP_ID: group, GROUP_MESSAGE_ID: in_group}
 
     async def snapshot() -> dict[str, Any]:
         return await db_snapshot(server)

@@ -36,6 +36,7 @@ async def test_send_message_is_acked_with_id_and_delivered_to_every_receiver_soc
             "status": "sent",
             "timestamp": dto["timestamp"],
             "clientMessageId": "c-1",
+            "groupId": None,
         }
         assert ISO_MS.match(dto["timestamp"])
     (sent,) = await alice_tab2.wait_for("MessageSent")

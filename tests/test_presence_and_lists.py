@@ -112,7 +112,7 @@ async def test_conversation_list_shows_preview_unread_names_and_activity(server:
     assert [c["id"] for c in conversations] == ["carol", "dave", "alice"]
     carol_c, dave_c, alice_c = conversations
     assert carol_c == {
-        "id": "carol", "name": "Carol C.", "avatar": None, "previewMessage": "latest",
+        "kind": "direct", "id": "carol", "name": "Carol C.", "avatar": None, "previewMessage": "latest",
         "lastActive": carol_c["lastActive"], "isActive": False, "unreadCount": 1,
     }
     assert dave_c["name"] == "dave" and dave_c["unreadCount"] == 0 and dave_c["isActive"] is False

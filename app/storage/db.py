@@ -303,6 +303,12 @@ class Database:
             stack.push_async_exit(context.__aexit__)
             yield client
 
+    async def query(self, statement: str, params: list[Any]) -> list[dict[str, Any]]:
+        """A raw read on this database's ORM connection (inside ``session()``)."""
+        if self._orm is None:
+            raise RuntimeError("database is not open")
+        return list(await self._orm.db().execute_query_dict(statement, params))
+
     async def ping(self) -> None:
         """Raise if the database does not answer a trivial query."""
         with self.bound() as orm:

@@ -258,7 +258,18 @@ class MySQL:
     async def open(self) -> Link:
         import asyncmy
 
-        return MySQLLink(await asyncmy.connect(**self._options))
+        link = MySQLLink(await asyncmy.connect(**self._options))
+        try:
+            # Each statement reads what is committed when it runs (not a snapshot
+            # from the transaction's first read): a batch reads group state after
+            # taking the change counter's lock, and must see what the holder
+            # before it committed. (Binary logging then needs ROW or MIXED, the
+            # defaults of MySQL 8 and MariaDB.)
+            await link.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        except BaseException:
+            link.abort()
+            raise
+        return link
 
     async def kill(self, link: Link, thread_id: int) -> None:
         try:
