@@ -139,6 +139,9 @@ class StatusChanged:
 class PresenceChanged:
     user_id: str
     online: bool
+    # Across instances, the user's presence version (it grows with each change):
+    # an instance never delivers a user's change after a later one. 0: unordered.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
