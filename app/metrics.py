@@ -81,6 +81,15 @@ class Metrics:
             "chat_sync_required", "SyncRequired broadcasts after a backplane gap", ["scope"],
             registry=self.registry,
         )
+        self.budget_fallbacks = Counter(
+            "chat_budget_fallbacks",
+            "Times Redis did not answer a budget check in time and this instance counted alone",
+            registry=self.registry,
+        )
+        self.rest_rate_limited = Counter(
+            "chat_rest_rate_limited", "REST requests answered 429, by whose budget ran out",
+            ["budget"], registry=self.registry,
+        )
         self.presence_reaped = Counter(
             "chat_presence_reaped", "Users announced offline because their instance died",
             registry=self.registry,

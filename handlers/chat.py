@@ -32,7 +32,7 @@ from app.errors import (
 from app.metrics import Metrics
 from app.presence import Presence
 from app.service import ChatService
-from handlers.limits import UserBudgets
+from handlers.limits import Budgets
 from handlers.routing import ok, routes_of
 from handlers.wire import (
     Json,
@@ -87,6 +87,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         presence: Presence,
         verifier: TokenVerifier,
         metrics: Metrics,
+        budgets: Budgets,
     ) -> None:
         super().__init__(NAMESPACE)
         self._config = config
@@ -97,9 +98,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._routes = routes_of(self)
         self._callers: dict[str, Caller] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._budgets = UserBudgets(
-            config.rate_limit_per_s, config.rate_limit_burst, config.max_sockets_per_user
-        )
+        self._budgets = budgets  # the app's one set, shared with REST
         # Shutdown: once draining, connects and new calls are refused; calls
         # already running are awaited (see drain).
         self._draining = False
@@ -137,7 +136,7 @@ class ChatNamespace(socketio.AsyncNamespace):
                 raise Unauthorized("not connected")
             if self._draining:
                 raise Unavailable("server is shutting down; reconnect and retry")
-            if not self._budgets.take(caller.user_id):
+            if await self._budgets.spend_call(caller.user_id):
                 raise RateLimited("too many requests, slow down")
             if route is None:
                 raise UnknownEvent(f"no such method: {str(event)[:64]}")
@@ -169,18 +168,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             identity = self._verifier.verify(token)
-            if not self._budgets.take_connect(identity.user_id):
-                raise RateLimited("too many connects, slow down")
-            if not self._budgets.open_socket(identity.user_id):
-                raise RateLimited(
-                    f"too many open sockets for this user (at most {self._config.max_sockets_per_user})"
-                )
+            refused = await self._budgets.admit(identity.user_id, sid)
+            if refused is not None:
+                raise RateLimited(refused)
             counted = identity.user_id
             await self._chat.user_connected(identity.user_id, identity.name, identity.avatar)
             arrival = await self._presence.connect(identity.user_id, sid)
         except Exception as exc:
             if counted is not None:
-                self._budgets.close_socket(counted)
+                await self._budgets.release(counted, sid)
             error = client_error(exc, "connect")
             self._metrics.refused.labels(error.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(
@@ -219,7 +215,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         if caller is None:
             return
         self._metrics.connections.dec()
-        self._budgets.close_socket(caller.user_id)
+        await self._budgets.release(caller.user_id, sid)
         if caller.expiry is not None:
             caller.expiry.cancel()
         try:
