@@ -83,8 +83,10 @@ def create_app(config: Config) -> web.Application:
         manager = app[BACKPLANE] = RedisHubManager(
             config.redis_url,
             on_publish_failure=metrics.publish_failures.inc,
+            on_publish_dropped=metrics.publish_dropped.inc,
             on_reconnect=metrics.redis_reconnects.inc,
         )
+        metrics.publish_queue.set_function(lambda: manager.queued)
     else:
         manager = HubManager()
     sio = HubServer(

@@ -20,7 +20,7 @@ import socketio
 
 from app.auth import Identity, TokenVerifier, bearer_token
 from app.config import Config
-from app.domain import Notice, Outcome, Status
+from app.domain import Notice, Outcome, PresenceChanged, Status
 from app.errors import (
     OutcomeUnknown,
     RateLimited,
@@ -267,14 +267,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         """Deliver notices no call raised (presence found by the cluster heartbeat)."""
         await self._deliver(None, notices)
 
-    async def sync_required(self, everyone: bool) -> None:
-        """Tell sockets that live events may have passed them by: their clients call Sync.
-
-        ``everyone``: every socket of the cluster (this instance's publishes
-        were lost); otherwise only this instance's (its listener was deaf).
-        """
-        self._metrics.sync_required.labels("cluster" if everyone else "instance").inc()
-        await self.emit(SYNC_REQUIRED, ignore_queue=not everyone)
+    async def sync_required(self) -> None:
+        """Tell this instance's sockets that live events may have passed them by (see backplane)."""
+        self._metrics.sync_required.inc()
+        await self.emit(SYNC_REQUIRED, ignore_queue=True)
 
     async def _deliver(self, caller_sid: str | None, notices: Iterable[Notice]) -> None:
         """Emit each notice to the rooms of the users it names, in order."""
@@ -284,12 +280,25 @@ class ChatNamespace(socketio.AsyncNamespace):
             if notice.caller_only:
                 await self.emit(name, args, to=caller_sid)
             elif notice.users is None:
-                await self.emit(name, args, skip_sid=skip)
+                await self._emit_notice(notice, name, args, None, skip)
             elif notice.users or notice.watchers_of:
                 # The manager sends each socket one copy, whatever rooms it is in.
                 rooms = [user_room(u) for u in notice.users]
                 rooms += [watch_room(u) for u in notice.watchers_of]
-                await self.emit(name, args, to=rooms, skip_sid=skip)
+                await self._emit_notice(notice, name, args, rooms, skip)
+
+    async def _emit_notice(
+        self, notice: Notice, name: str, args: Any, to: list[str] | None, skip: str | None
+    ) -> None:
+        """Emit; a versioned presence change tells the manager its version, to keep it in order."""
+        event = notice.event
+        if isinstance(event, PresenceChanged) and event.version:
+            await self.server.manager.emit(
+                name, args, NAMESPACE, room=to, skip_sid=skip,
+                version=(event.user_id, event.version),
+            )
+        else:
+            await self.emit(name, args, to=to, skip_sid=skip)
 
     async def _heard(self, caller: Caller, outcome: Outcome[T]) -> T:
         """Deliver what a call's outcome says others must hear; return its value."""
