@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from app.storage.store import Storage
     from handlers.backplane import RedisHubManager
     from handlers.chat import ChatNamespace
+    from handlers.limits import Budgets
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 DB: web.AppKey[Database] = web.AppKey("db")
@@ -32,6 +33,8 @@ GROUPS: web.AppKey[GroupService] = web.AppKey("groups")
 NAMESPACE: web.AppKey[ChatNamespace] = web.AppKey("namespace")
 # What /readyz last said of each check, so the log says it once per change.
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness", dict)
+# What users (and clients without a token) may spend: socket calls and REST share it.
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 # Only with CHAT_REDIS_URL: the presence client and the Socket.IO backplane.
 REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 BACKPLANE: web.AppKey[RedisHubManager] = web.AppKey("backplane")

@@ -12,6 +12,16 @@ Keys (``chat:presence:`` prefix):
 - ``alive:{id}``     the instance's heartbeat, which expires after the TTL
 - ``instances``      the instances that have ever registered (until reaped)
 - ``online``         the users with at least one connection
+- ``version:{id}``   the user's presence version: Redis's clock in µs at the
+                     user's last change (or one more than the last, if larger)
+
+Every change of a user's presence (first connect, last disconnect, reaped,
+re-asserted) takes a new version in the same script that decides it, and the
+notice carries it. A notice is delivered a few milliseconds after its
+decision, so two instances' notices about one user can cross on the way; each
+instance's backplane delivers a user's changes in version order and drops one
+that arrives after a later one (see handlers/backplane.py): an observer never
+sees a user come Online after the Offline that followed it.
 
 Each instance renews its heartbeat every second and looks for instances whose
 heartbeat expired (a SIGKILL, a power loss): their connections are removed
@@ -28,10 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -40,25 +50,82 @@ from app.presence import Audience
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PREFIX = "chat:presence:"
+# An instance's heartbeat key is this prefix and its id (handlers/limits.py reads them too).
+ALIVE_PREFIX = PREFIX + "alive:"
 REDIS_TIMEOUT_S = 2.0
+# Connects, disconnects and calls asking who is online wait at most this long
+# for Redis before this instance answers alone (a frozen Redis must not hold
+# them for the socket timeout); the heartbeat re-asserts once it answers.
+CALL_WAIT_S = 0.5
 # How often the heartbeat is renewed and dead instances are looked for.
 MAINTAIN_EVERY_S = 1.0
+# A user's presence version is kept this long after their last change. Versions
+# come from Redis's clock, so one forgotten and made again is still larger.
+VERSION_TTL_MS = 24 * 3600 * 1000
+
+async def bounded(call: Awaitable[T], limit_s: float, lingering: set[asyncio.Task[Any]]) -> T:
+    """Await a Redis call for at most ``limit_s``; past it, raise TimeoutError.
+
+    The call is not cancelled, only no longer waited for: redis-py's cleanup of
+    a cancelled command closes its connection, under the pool's lock, and
+    against a frozen Redis that waits out the socket timeout (measured: 50
+    calls bounded by ``asyncio.timeout(0.05)`` took up to 4 s). The call ends
+    on its own within the socket timeout; ``lingering`` holds it until then
+    (its owner cancels what is left at shutdown).
+    """
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=limit_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    lingering.add(task)
+    task.add_done_callback(_ended)
+    task.add_done_callback(lingering.discard)
+    raise TimeoutError(f"Redis did not answer within {limit_s * 1000:.0f} ms")
+
+
+def _ended(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: it was given up on, its failure is known
+
+
+async def cancel_lingering(lingering: set[asyncio.Task[Any]]) -> None:
+    for task in list(lingering):
+        task.cancel()
+    await asyncio.gather(*lingering, return_exceptions=True)
+
+
+# Connections one client opens to Redis at most. Past it, a command waits for
+# one to be free (up to the timeout) rather than failing.
+POOL_CONNECTIONS = 100
+
 
 def redis_client(url: str) -> Redis:
-    """A Redis client that fails fast and retries once at once.
+    """A Redis client that fails fast, retries once at once, and queues past its pool.
 
     ``Redis.from_url`` sets no retry: the first command after Redis restarted
     would fail on the pooled connection Redis closed. One immediate retry
     takes a fresh one; a Redis that is really down still fails in milliseconds.
+    redis-py's default pool raises "Too many connections" past 100 commands
+    in flight: a connect storm, each connect running a presence script, made
+    Redis look unreachable. A blocking pool makes them wait their turn instead.
     """
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=REDIS_TIMEOUT_S,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 1),
     )
+    return Redis.from_pool(pool)
 
 
 _SPLIT = """
@@ -68,25 +135,38 @@ local function split(m)
 end
 """
 
-# KEYS: user set, instance set, online set. ARGV: user, instance, connection.
-# Returns 1 when this is the user's first connection in the cluster.
-CONNECT = """
+# next_version(version key, ttl ms): the user's next presence version.
+_VERSION = """
+local function next_version(key, ttl)
+  local t = redis.call('TIME')
+  local v = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]),
+                     (tonumber(redis.call('GET', key)) or 0) + 1)
+  redis.call('SET', key, string.format('%.0f', v), 'PX', ttl)
+  return v
+end
+"""
+
+# KEYS: user set, instance set, online set, user's version. ARGV: user,
+# instance, connection, version ttl ms. Returns the new presence version when
+# this is the user's first connection in the cluster, else 0.
+CONNECT = _VERSION + """
 redis.call('SADD', KEYS[2], ARGV[1] .. '\\t' .. ARGV[3])
 if redis.call('SADD', KEYS[1], ARGV[2] .. '\\t' .. ARGV[3]) == 1
     and redis.call('SCARD', KEYS[1]) == 1 then
   redis.call('SADD', KEYS[3], ARGV[1])
-  return 1
+  return next_version(KEYS[4], ARGV[4])
 end
 return 0
 """
 
-# Same keys and arguments. Returns 1 when this was the user's last connection.
-DISCONNECT = """
+# Same keys and arguments. Returns the new version when this was the user's
+# last connection, else 0.
+DISCONNECT = _VERSION + """
 redis.call('SREM', KEYS[2], ARGV[1] .. '\\t' .. ARGV[3])
 if redis.call('SREM', KEYS[1], ARGV[2] .. '\\t' .. ARGV[3]) == 1
     and redis.call('SCARD', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[3], ARGV[1])
-  return 1
+  return next_version(KEYS[4], ARGV[4])
 end
 return 0
 """
@@ -102,9 +182,10 @@ return 0
 """
 
 # KEYS: the dead instance's set, its heartbeat, online, instances.
-# ARGV: the dead instance, the key prefix. Returns the users who went offline.
-# Only the first survivor to run it finds anything to do.
-REAP = _SPLIT + """
+# ARGV: the dead instance, the key prefix, version ttl ms. Returns the users
+# who went offline, each followed by their new version. Only the first
+# survivor to run it finds anything to do.
+REAP = _SPLIT + _VERSION + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local gone = {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -114,6 +195,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       and redis.call('SCARD', ukey) == 0 then
     redis.call('SREM', KEYS[3], user)
     table.insert(gone, user)
+    table.insert(gone, next_version(ARGV[2] .. 'version:' .. user, ARGV[3]))
   end
 end
 redis.call('DEL', KEYS[1])
@@ -122,13 +204,14 @@ return gone
 """
 
 # KEYS: this instance's set, its heartbeat, online, instances.
-# ARGV: instance, prefix, ttl ms, then every live connection as user\tconnection.
-# Makes Redis hold exactly these connections for this instance. Returns
-# {users who came online, users who went offline}. Adds go first, so a user
-# whose stale connection is replaced by a live one neither comes nor goes.
-REASSERT = _SPLIT + """
+# ARGV: instance, prefix, ttl ms, version ttl ms, then every live connection as
+# user\tconnection. Makes Redis hold exactly these connections for this
+# instance. Returns {users who came online, users who went offline}, each user
+# followed by their new version. Adds go first, so a user whose stale
+# connection is replaced by a live one neither comes nor goes.
+REASSERT = _SPLIT + _VERSION + """
 local live, came, went = {}, {}, {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local m = ARGV[i]
   live[m] = true
   local user, conn = split(m)
@@ -138,6 +221,7 @@ for i = 4, #ARGV do
       and redis.call('SCARD', ukey) == 1 then
     redis.call('SADD', KEYS[3], user)
     table.insert(came, user)
+    table.insert(came, next_version(ARGV[2] .. 'version:' .. user, ARGV[4]))
   end
 end
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -149,6 +233,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         and redis.call('SCARD', ukey) == 0 then
       redis.call('SREM', KEYS[3], user)
       table.insert(went, user)
+      table.insert(went, next_version(ARGV[2] .. 'version:' .. user, ARGV[4]))
     end
   end
 end
@@ -191,6 +276,7 @@ class ClusterPresence:
         self._reap = redis.register_script(REAP)
         self._reassert = redis.register_script(REASSERT)
         self._on_reaped = on_reaped  # told how many users a dead instance took offline
+        self._lingering: set[asyncio.Task[Any]] = set()  # calls given up on (see bounded)
 
     @property
     def redis_ok(self) -> bool:
@@ -202,7 +288,7 @@ class ClusterPresence:
         return f"{PREFIX}instance:{instance}"
 
     def _alive_key(self, instance: str) -> str:
-        return f"{PREFIX}alive:{instance}"
+        return f"{ALIVE_PREFIX}{instance}"
 
     def _instance_keys(self, instance: str) -> list[str]:
         """KEYS of REAP and REASSERT: the instance's set and heartbeat, online, instances."""
@@ -221,10 +307,10 @@ class ClusterPresence:
         first_here = not conns
         conns.add(connection_id)
         first = await self._script(self._connect, user_id, connection_id, first_here)
-        if not first:
+        if first is None:
             return ()
         try:
-            return await self._audience.notices(user_id, True)
+            return await self._audience.notices(user_id, True, first)
         except BaseException:
             # The edge refuses a connection whose connect failed: forget it.
             await self.disconnect(user_id, connection_id)
@@ -240,23 +326,36 @@ class ClusterPresence:
         if last_here:
             del self._local[user_id]
         last = await self._script(self._disconnect, user_id, connection_id, last_here)
-        if not last:
+        if last is None:
             return ()
-        return await self._audience.notices(user_id, False)
+        return await self._audience.notices(user_id, False, last)
 
-    async def _script(self, script: Any, user_id: str, connection_id: str, local: bool) -> bool:
-        """Run CONNECT or DISCONNECT; when Redis is away, this instance's view decides."""
+    async def _script(
+        self, script: Any, user_id: str, connection_id: str, local: bool
+    ) -> int | None:
+        """Run CONNECT or DISCONNECT: the change's version, or None when there is no change.
+
+        When Redis is away this instance's view decides, and the change has no
+        version (0): nothing orders it against other instances' changes.
+        """
         if self._down:
             self._dirty = True
-            return local
+            return 0 if local else None
         self._busy += 1
         self._settled.clear()
         try:
-            keys = [f"{PREFIX}user:{user_id}", self._instance_key(self._instance), f"{PREFIX}online"]
-            return bool(await script(keys, [user_id, self._instance, connection_id]))
+            keys = [
+                f"{PREFIX}user:{user_id}", self._instance_key(self._instance),
+                f"{PREFIX}online", f"{PREFIX}version:{user_id}",
+            ]
+            version = int(await bounded(
+                script(keys, [user_id, self._instance, connection_id, VERSION_TTL_MS]),
+                CALL_WAIT_S, self._lingering,
+            ))
+            return version or None
         except Exception as exc:  # noqa: BLE001 - Redis away: fall back, re-assert later
             self._lost(exc)
-            return local
+            return 0 if local else None
         finally:
             self._busy -= 1
             if not self._busy:
@@ -267,7 +366,9 @@ class ClusterPresence:
     async def is_online(self, user_id: str) -> bool:
         if not self._down:
             try:
-                return bool(await self._redis.sismember(f"{PREFIX}online", user_id))
+                return bool(await bounded(
+                    self._redis.sismember(f"{PREFIX}online", user_id), CALL_WAIT_S, self._lingering
+                ))
             except Exception as exc:  # noqa: BLE001
                 self._lost(exc)
         return user_id in self._local
@@ -275,7 +376,10 @@ class ClusterPresence:
     async def online_users(self) -> list[str]:
         if not self._down:
             try:
-                return sorted(u.decode() for u in await self._redis.smembers(f"{PREFIX}online"))
+                online = await bounded(
+                    self._redis.smembers(f"{PREFIX}online"), CALL_WAIT_S, self._lingering
+                )
+                return sorted(u.decode() for u in online)
             except Exception as exc:  # noqa: BLE001
                 self._lost(exc)
         return sorted(self._local)
@@ -286,7 +390,9 @@ class ClusterPresence:
             return set()
         if not self._down:
             try:
-                flags = await self._redis.smismember(f"{PREFIX}online", users)
+                flags = await bounded(
+                    self._redis.smismember(f"{PREFIX}online", users), CALL_WAIT_S, self._lingering
+                )
                 return {u for u, on in zip(users, flags) if on}
             except Exception as exc:  # noqa: BLE001
                 self._lost(exc)
@@ -294,7 +400,10 @@ class ClusterPresence:
 
     def _lost(self, exc: BaseException) -> None:
         if not self._down:
-            logger.warning("presence: Redis unreachable (%s); answering from this instance", exc)
+            logger.warning(
+                "presence: Redis unreachable (%s); answering from this instance",
+                str(exc) or type(exc).__name__,
+            )
         self._down = True
         self._dirty = True
 
@@ -326,7 +435,7 @@ class ClusterPresence:
             members = [f"{u}\t{c}" for u, conns in self._local.items() for c in conns]
             came, went = await self._reassert(
                 self._instance_keys(self._instance),
-                [self._instance, PREFIX, self._ttl_ms, *members],
+                [self._instance, PREFIX, self._ttl_ms, VERSION_TTL_MS, *members],
             )
         except Exception as exc:  # noqa: BLE001
             self._lost(exc)
@@ -349,37 +458,39 @@ class ClusterPresence:
             for other in others:
                 pipe.exists(self._alive_key(other))
             dead = [i for i, live in zip(others, await pipe.execute()) if not live]
-            gone: list[str] = []
+            gone: list[Any] = []
             for instance in dead:
                 users = await self._reap(
-                    self._instance_keys(instance), [instance, PREFIX],
+                    self._instance_keys(instance), [instance, PREFIX, VERSION_TTL_MS],
                 )
                 logger.warning(
                     "presence: instance %s stopped without saying goodbye; %d users went offline",
-                    instance, len(users),
+                    instance, len(users) // 2,
                 )
                 gone += users
         except Exception as exc:  # noqa: BLE001
             self._lost(exc)
             return []
         if gone and self._on_reaped is not None:
-            self._on_reaped(len(gone))
+            self._on_reaped(len(gone) // 2)
         return await self._announce(gone, False)
 
-    async def _announce(self, users: Iterable[Any], online: bool) -> list[Notice]:
+    async def _announce(self, changes: list[Any], online: bool) -> list[Notice]:
+        """Notices for a script's changes: a flat list of user, version, user, version..."""
         notices: list[Notice] = []
-        for user in users:
+        for user, version in zip(changes[::2], changes[1::2]):
             user_id = user.decode() if isinstance(user, bytes) else str(user)
-            notices += await self._audience.notices(user_id, online)
+            notices += await self._audience.notices(user_id, online, int(version))
         return notices
 
     async def close(self) -> None:
         """Say goodbye: this instance's connections leave Redis at once (app shutdown)."""
+        await cancel_lingering(self._lingering)
         self._local.clear()
         try:
             await self._reassert(
                 self._instance_keys(self._instance),
-                [self._instance, PREFIX, 1],
+                [self._instance, PREFIX, 1, VERSION_TTL_MS],
             )
             await self._redis.srem(f"{PREFIX}instances", self._instance)
         except Exception as exc:  # noqa: BLE001 - the others will reap us after the TTL

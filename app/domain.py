@@ -223,6 +223,9 @@ class ReadPositionMoved:
 class PresenceChanged:
     user_id: str
     online: bool
+    # Across instances, the user's presence version (it grows with each change):
+    # an instance never delivers a user's change after a later one. 0: unordered.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

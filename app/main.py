@@ -10,8 +10,8 @@ from pathlib import Path
 from aiohttp import web
 
 from app.appkeys import (
-    BACKPLANE, CHAT, CONFIG, DB, GROUPS, METRICS, NAMESPACE, PRESENCE, READINESS, REDIS, SIO,
-    STORE, VERIFIER,
+    BACKPLANE, BUDGETS, CHAT, CONFIG, DB, GROUPS, METRICS, NAMESPACE, PRESENCE, READINESS,
+    REDIS, SIO, STORE, VERIFIER,
 )
 from app.auth import TokenVerifier
 from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
@@ -35,6 +35,7 @@ from handlers.engine import (
     allowed_origins,
 )
 from handlers.http import polling_guard
+from handlers.limits import Budgets, ClusterBudgets, UserBudgets
 from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
@@ -55,15 +56,25 @@ def create_app(config: Config) -> web.Application:
     )
     audience = Audience(config.presence_scope, storage.conversations)
     presence: Presence
+    budgets: Budgets
     if clustered:
         app[REDIS] = redis = redis_client(config.redis_url)
         presence = ClusterPresence(
             audience, redis, config.instance_id, config.instance_ttl_s,
             on_reaped=metrics.presence_reaped.inc,
         )
+        budgets = ClusterBudgets(
+            redis, config.instance_id, config.rate_limit_per_s, config.rate_limit_burst,
+            config.max_sockets_per_user, config.instance_ttl_s,
+            on_fallback=metrics.budget_fallbacks.inc,
+        )
     else:
         presence = LocalPresence(audience)
+        budgets = UserBudgets(
+            config.rate_limit_per_s, config.rate_limit_burst, config.max_sockets_per_user
+        )
     app[PRESENCE] = presence
+    app[BUDGETS] = budgets
     app[CHAT] = chat = ChatService(storage, presence, metrics)
     app[GROUPS] = groups = GroupService(storage, metrics, config.max_group_size)
     app[VERIFIER] = verifier = TokenVerifier(config)
@@ -73,8 +84,10 @@ def create_app(config: Config) -> web.Application:
         manager = app[BACKPLANE] = RedisHubManager(
             config.redis_url,
             on_publish_failure=metrics.publish_failures.inc,
+            on_publish_dropped=metrics.publish_dropped.inc,
             on_reconnect=metrics.redis_reconnects.inc,
         )
+        metrics.publish_queue.set_function(lambda: manager.queued)
     else:
         manager = HubManager()
     sio = HubServer(
@@ -98,7 +111,7 @@ def create_app(config: Config) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
-    namespace = ChatNamespace(config, chat, groups, presence, verifier, metrics)
+    namespace = ChatNamespace(config, chat, groups, presence, verifier, metrics, budgets)
     manager.on_connected = namespace.connected
     if isinstance(manager, RedisHubManager):
         manager.on_missed = namespace.sync_required
@@ -147,6 +160,7 @@ async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
 async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[PRESENCE].close()
+    await app[BUDGETS].close()
 
 
 async def sio_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -159,14 +173,16 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     """Several instances: the presence heartbeat, and the backplane closed last.
 
     Each second the heartbeat renews this instance's, re-asserts its
-    connections after a Redis outage, and finds instances that died without a
-    goodbye; whoever those changes bring online or take offline is announced.
+    connections (and its sockets in the shared budgets) after a Redis outage,
+    and finds instances that died without a goodbye; whoever those changes
+    bring online or take offline is announced.
     """
-    presence, namespace = app[PRESENCE], app[NAMESPACE]
-    assert isinstance(presence, ClusterPresence)
+    presence, namespace, budgets = app[PRESENCE], app[NAMESPACE], app[BUDGETS]
+    assert isinstance(presence, ClusterPresence) and isinstance(budgets, ClusterBudgets)
 
     async def beat() -> None:
         notices = await presence.maintain()
+        await budgets.maintain()
         if notices:  # whoever a dead instance took offline: the other instances' sockets hear it
             await namespace.announce(notices)
 

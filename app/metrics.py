@@ -73,13 +73,32 @@ class Metrics:
             "chat_backplane_publish_failures", "Emits the other instances did not get (Redis away)",
             registry=self.registry,
         )
+        self.publish_dropped = Counter(
+            "chat_backplane_publish_dropped",
+            "Emits dropped because the publish queue was full (Redis slow or frozen)",
+            registry=self.registry,
+        )
+        self.publish_queue = Gauge(
+            "chat_backplane_publish_queue", "Emits waiting to be published to Redis",
+            registry=self.registry,
+        )
         self.redis_reconnects = Counter(
             "chat_backplane_reconnects", "Times the backplane listener subscribed again after a gap",
             registry=self.registry,
         )
         self.sync_required = Counter(
-            "chat_sync_required", "SyncRequired broadcasts after a backplane gap", ["scope"],
+            "chat_sync_required",
+            "SyncRequired sent to this instance's sockets (once per gap in what they heard)",
             registry=self.registry,
+        )
+        self.budget_fallbacks = Counter(
+            "chat_budget_fallbacks",
+            "Times Redis did not answer a budget check in time and this instance counted alone",
+            registry=self.registry,
+        )
+        self.rest_rate_limited = Counter(
+            "chat_rest_rate_limited", "REST requests answered 429, by whose budget ran out",
+            ["budget"], registry=self.registry,
         )
         self.presence_reaped = Counter(
             "chat_presence_reaped", "Users announced offline because their instance died",

@@ -51,8 +51,8 @@ class Audience:
         self._scope = scope
         self._conversations = conversations
 
-    async def notices(self, user_id: str, online: bool) -> tuple[Notice, ...]:
-        event = PresenceChanged(user_id, online)
+    async def notices(self, user_id: str, online: bool, version: int = 0) -> tuple[Notice, ...]:
+        event = PresenceChanged(user_id, online, version)
         # A connection that just arrived is not told of its own arrival; one that
         # leaves is gone, so telling it or not makes no difference.
         except_caller = online

@@ -20,7 +20,7 @@ import socketio
 
 from app.auth import Identity, TokenVerifier, bearer_token
 from app.config import Config
-from app.domain import Notice, Outcome, Status
+from app.domain import Notice, Outcome, PresenceChanged, Status
 from app.errors import (
     OutcomeUnknown,
     RateLimited,
@@ -33,7 +33,7 @@ from app.metrics import Metrics
 from app.presence import Presence
 from app.groups import GroupService
 from app.service import ChatService
-from handlers.limits import UserBudgets
+from handlers.limits import Budgets
 from handlers.routing import ok, routes_of
 from handlers.wire import (
     Json,
@@ -91,6 +91,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         presence: Presence,
         verifier: TokenVerifier,
         metrics: Metrics,
+        budgets: Budgets,
     ) -> None:
         super().__init__(NAMESPACE)
         self._config = config
@@ -102,9 +103,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._routes = routes_of(self)
         self._callers: dict[str, Caller] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._budgets = UserBudgets(
-            config.rate_limit_per_s, config.rate_limit_burst, config.max_sockets_per_user
-        )
+        self._budgets = budgets  # the app's one set, shared with REST
         # Shutdown: once draining, connects and new calls are refused; calls
         # already running are awaited (see drain).
         self._draining = False
@@ -142,7 +141,7 @@ class ChatNamespace(socketio.AsyncNamespace):
                 raise Unauthorized("not connected")
             if self._draining:
                 raise Unavailable("server is shutting down; reconnect and retry")
-            if not self._budgets.take(caller.user_id):
+            if await self._budgets.spend_call(caller.user_id):
                 raise RateLimited("too many requests, slow down")
             if route is None:
                 raise UnknownEvent(f"no such method: {str(event)[:64]}")
@@ -174,18 +173,15 @@ class ChatNamespace(socketio.AsyncNamespace):
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             identity = self._verifier.verify(token)
-            if not self._budgets.take_connect(identity.user_id):
-                raise RateLimited("too many connects, slow down")
-            if not self._budgets.open_socket(identity.user_id):
-                raise RateLimited(
-                    f"too many open sockets for this user (at most {self._config.max_sockets_per_user})"
-                )
+            refused = await self._budgets.admit(identity.user_id, sid)
+            if refused is not None:
+                raise RateLimited(refused)
             counted = identity.user_id
             await self._chat.user_connected(identity.user_id, identity.name, identity.avatar)
             arrival = await self._presence.connect(identity.user_id, sid)
         except Exception as exc:
             if counted is not None:
-                self._budgets.close_socket(counted)
+                await self._budgets.release(counted, sid)
             error = client_error(exc, "connect")
             self._metrics.refused.labels(error.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(
@@ -224,7 +220,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         if caller is None:
             return
         self._metrics.connections.dec()
-        self._budgets.close_socket(caller.user_id)
+        await self._budgets.release(caller.user_id, sid)
         if caller.expiry is not None:
             caller.expiry.cancel()
         try:
@@ -276,14 +272,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         """Deliver notices no call raised (presence found by the cluster heartbeat)."""
         await self._deliver(None, notices)
 
-    async def sync_required(self, everyone: bool) -> None:
-        """Tell sockets that live events may have passed them by: their clients call Sync.
-
-        ``everyone``: every socket of the cluster (this instance's publishes
-        were lost); otherwise only this instance's (its listener was deaf).
-        """
-        self._metrics.sync_required.labels("cluster" if everyone else "instance").inc()
-        await self.emit(SYNC_REQUIRED, ignore_queue=not everyone)
+    async def sync_required(self) -> None:
+        """Tell this instance's sockets that live events may have passed them by (see backplane)."""
+        self._metrics.sync_required.inc()
+        await self.emit(SYNC_REQUIRED, ignore_queue=True)
 
     async def _deliver(self, caller_sid: str | None, notices: Iterable[Notice]) -> None:
         """Emit each notice to the rooms of the users it names, in order."""
@@ -293,12 +285,25 @@ class ChatNamespace(socketio.AsyncNamespace):
             if notice.caller_only:
                 await self.emit(name, args, to=caller_sid)
             elif notice.users is None:
-                await self.emit(name, args, skip_sid=skip)
+                await self._emit_notice(notice, name, args, None, skip)
             elif notice.users or notice.watchers_of:
                 # The manager sends each socket one copy, whatever rooms it is in.
                 rooms = [user_room(u) for u in notice.users]
                 rooms += [watch_room(u) for u in notice.watchers_of]
-                await self.emit(name, args, to=rooms, skip_sid=skip)
+                await self._emit_notice(notice, name, args, rooms, skip)
+
+    async def _emit_notice(
+        self, notice: Notice, name: str, args: Any, to: list[str] | None, skip: str | None
+    ) -> None:
+        """Emit; a versioned presence change tells the manager its version, to keep it in order."""
+        event = notice.event
+        if isinstance(event, PresenceChanged) and event.version:
+            await self.server.manager.emit(
+                name, args, NAMESPACE, room=to, skip_sid=skip,
+                version=(event.user_id, event.version),
+            )
+        else:
+            await self.emit(name, args, to=to, skip_sid=skip)
 
     async def _heard(self, caller: Caller, outcome: Outcome[T]) -> T:
         """Deliver what a call's outcome says others must hear; return its value."""

@@ -1,23 +1,33 @@
 """REST API under /api: conversations, cursor-paged history, online users.
 
 Views parse, call one ChatService method, and answer JSON in the protocol's
-shapes. The middleware authenticates and turns domain errors into
-``{"error": {"code", "message"}}`` with the matching HTTP status.
+shapes. The middleware authenticates, spends from the budgets, and turns
+domain errors into ``{"error": {"code", "message"}}`` with the matching HTTP
+status.
+
+Every request spends one call from a budget (handlers/limits.py): a request
+with a valid token from its user's, the very budget the user's socket calls
+spend from; any other (no token, a bad one, the public paths) from its client
+address's. Over it: 429 with ``Retry-After``, before any other work.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
 
-from app.appkeys import CHAT, CONFIG, GROUPS, VERIFIER
-from app.auth import Identity, bearer_token
-from app.errors import ChatError, InvalidArgument, client_error
+from app.appkeys import BUDGETS, CHAT, CONFIG, GROUPS, METRICS, VERIFIER
+from app.auth import Identity, TokenVerifier, bearer_token
+from app.errors import ChatError, InvalidArgument, RateLimited, Unauthorized, client_error
+from handlers.http import request_address
+from handlers.limits import retry_after_s
 from handlers.wire import conversation_dto, group_dto, message_dto
 
 logger = logging.getLogger(__name__)
@@ -28,6 +38,8 @@ OPENAPI = json.loads(Path(__file__).with_name("openapi.json").read_text())
 DEV_TOKEN_TTL_S = 12 * 3600
 # Paths under /api that need no token.
 PUBLIC_PATHS = frozenset({"/api/openapi.json", "/api/dev/token"})
+# Tokens remembered as verified (see VerifiedTokens).
+VERIFIED_TOKENS_KEPT = 4096
 
 routes = web.RouteTableDef()
 
@@ -38,14 +50,82 @@ def error_response(error: ChatError) -> web.Response:
     )
 
 
+class VerifiedTokens:
+    """The verifier, remembering the tokens it accepted until they expire.
+
+    A client that repeats one token, as a flood does, would otherwise cost a
+    signature check per request, most of them ending in a 429: the profile of
+    a one-user flood showed the check as the largest part of the server's
+    time. A token is an immutable signed string, so one accepted stays
+    acceptable until it expires; only accepted tokens are kept, at most
+    ``VERIFIED_TOKENS_KEPT``, the least recently used forgotten first.
+    """
+
+    def __init__(self, verifier: TokenVerifier, kept: int = VERIFIED_TOKENS_KEPT) -> None:
+        self._verifier = verifier
+        self._kept = kept
+        self._known: OrderedDict[str, Identity] = OrderedDict()
+
+    def verify(self, token: str | None) -> Identity:
+        if token is None:
+            return self._verifier.verify(token)  # refused: no token
+        identity = self._known.get(token)
+        if identity is not None and identity.expires_at > time.time():
+            self._known.move_to_end(token)
+            return identity
+        identity = self._verifier.verify(token)
+        self._known[token] = identity
+        if len(self._known) > self._kept:
+            self._known.popitem(last=False)
+        return identity
+
+
+VERIFIED: web.AppKey[VerifiedTokens] = web.AppKey("verified_tokens", VerifiedTokens)
+
+# The 429 bodies, encoded once: a flood is answered with them thousands of times a second.
+_REFUSALS = {
+    whose: json.dumps({"error": {
+        "code": RateLimited.code, "message": f"too many requests from this {whose}, slow down",
+    }}).encode()
+    for whose in ("user", "address")
+}
+
+
+def rate_limited(wait_s: float, whose: str) -> web.Response:
+    """429 with the protocol's error body and when to try again."""
+    return web.Response(
+        body=_REFUSALS[whose], status=RateLimited.http_status, content_type="application/json",
+        headers={"Retry-After": str(retry_after_s(wait_s))},
+    )
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     if not request.path.startswith(API_PREFIX) or request.method == "OPTIONS":
         return await handler(request)
+    app = request.app
     try:
+        identity: Identity | None = None
+        refusal: Unauthorized | None = None
         if request.path not in PUBLIC_PATHS:
-            token = bearer_token(request.headers.get("Authorization"))
-            request[IDENTITY] = request.app[VERIFIER].verify(token)
+            try:
+                identity = app[VERIFIED].verify(bearer_token(request.headers.get("Authorization")))
+            except Unauthorized as exc:
+                refusal = exc
+        if identity is not None:
+            wait = await app[BUDGETS].spend_call(identity.user_id)
+            whose = "user"
+        else:  # no valid token: whoever it is, it is counted by where it comes from
+            address = request_address(request, app[CONFIG].trusted_proxies)
+            wait = await app[BUDGETS].spend_anonymous(address)
+            whose = "address"
+        if wait:
+            app[METRICS].rest_rate_limited.labels(whose).inc()
+            return rate_limited(wait, whose)
+        if refusal is not None:
+            raise refusal
+        if identity is not None:
+            request[IDENTITY] = identity
         return await handler(request)
     except web.HTTPException:
         raise  # aiohttp's own 404/405 for unknown routes
@@ -130,6 +210,7 @@ async def dev_token(request: web.Request) -> web.Response:
 
 
 def setup_api(app: web.Application) -> None:
+    app[VERIFIED] = VerifiedTokens(app[VERIFIER])
     app.middlewares.append(api_middleware)
     app.add_routes(routes)
     if app[CONFIG].dev_mode:

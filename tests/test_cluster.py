@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import re
 import shutil
@@ -23,8 +24,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import socketio
 
 from app.devcluster import nginx_config
+from handlers.backplane import CHANNEL, SYNC_SETTLE_S
 from tests.support import (
     EVENT_TIMEOUT_S,
     SECRET,
@@ -33,7 +36,9 @@ from tests.support import (
     OwnRedis,
     Serve,
     Served,
+    flush,
     free_port,
+    make_token,
     service_missing,
     wait_listening,
 )
@@ -454,3 +459,261 @@ async def test_two_browsers_chat_through_nginx_and_the_other_instance(
         env={"CHAT_URL": nginx.url, "CHAT_OTHER_URL": other.url, "CHAT_CHROMIUM": CHROMIUM},
     )
     assert "two-people: ok" in out, out
+
+
+# -- budgets across instances ----------------------------------------------------------------
+
+
+async def pair(serve: Serve, redis: OwnRedis, **env: str) -> tuple[Served, Served]:
+    """Two instances, a and b, on this test's own Redis, with these settings."""
+    a, b = await asyncio.gather(*(
+        serve(CHAT_REDIS_URL=redis.url, CHAT_INSTANCE_ID=name, **env) for name in ("a", "b")
+    ))
+    return a, b
+
+
+async def rest_get(served: Served, path: str, user: str) -> tuple[int, dict[str, str], Any]:
+    async with aiohttp.ClientSession() as http, http.get(
+        served.url + path, headers={"Authorization": f"Bearer {make_token(user)}"}
+    ) as r:
+        return r.status, dict(r.headers), await r.json()
+
+
+async def test_a_users_budgets_hold_across_instances_for_calls_rest_and_sockets(
+    serve: Serve, own_redis: OwnRedis, connect: Connect
+) -> None:
+    a, b = await pair(
+        serve, own_redis, CHAT_RATE_LIMIT_PER_S="1", CHAT_RATE_LIMIT_BURST="12",
+        CHAT_MAX_SOCKETS_PER_USER="3",
+    )
+    on_a, on_b = await connect(a, "alice"), await connect(b, "alice")
+    started = time.monotonic()
+    replies = [await (on_a if n % 2 else on_b).call("GetOnlineUsers") for n in range(10)]
+    rest = [await rest_get(b if n % 2 else a, "/api/users/online", "alice") for n in range(6)]
+    elapsed = time.monotonic() - started
+    accepted = sum(r["ok"] for r in replies) + sum(status == 200 for status, _, _ in rest)
+    assert 12 <= accepted <= 12 + elapsed * 1.0 + 1, (replies, rest, elapsed)
+    assert {r["error"]["code"] for r in replies if not r["ok"]} <= {"rate_limited"}
+    refused = [(h, body) for status, h, body in rest if status == 429]
+    assert refused, "REST never answered 429: it does not share the socket calls' budget"
+    for headers, body in refused:
+        assert body["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1
+    bob = await connect(b, "bob")
+    assert (await bob.call("GetOnlineUsers"))["ok"], "another user's budget is his own"
+
+    # Three sockets at most, wherever they are: alice holds two, one more fits.
+    await connect(a, "alice")
+    late = ChatClient("alice")
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await late.sio.connect(b.url, namespaces=["/chat"], auth={"token": make_token("alice")},
+                               transports=["websocket"], wait_timeout=EVENT_TIMEOUT_S)
+    await late.sio.disconnect()
+    error = late.connect_error["data"]
+    assert error["code"] == "rate_limited" and "sockets" in error["message"]
+    await on_a.sio.disconnect()
+
+    async def reconnects_on_b() -> bool:
+        try:
+            await connect(b, "alice")
+            return True
+        except socketio.exceptions.ConnectionError:
+            return False
+
+    await eventually(reconnects_on_b, 5, "a place freed on a being taken on b")
+
+
+# -- a frozen Redis ----------------------------------------------------------------------------
+
+
+async def test_a_frozen_redis_never_slows_a_send_and_each_socket_hears_sync_required_once(
+    serve: Serve, own_redis: OwnRedis, connect: Connect
+) -> None:
+    """The outside probe's case: Redis stopped (SIGSTOP) for 6 s, two instances, 40 senders."""
+    a, b = await pair(serve, own_redis, CHAT_INSTANCE_TTL_S="30")
+    pairs = 40
+    senders = [await connect(a if i % 2 else b, f"s{i}") for i in range(pairs)]
+    receivers = [await connect(b if i % 2 else a, f"r{i}") for i in range(pairs)]  # the other one
+    cursors = [(await r.ok("Sync", None))["cursor"] for r in receivers]
+    acked: list[list[str]] = [[] for _ in range(pairs)]
+    latencies: list[tuple[float, float]] = []  # (when sent, how long to the ack)
+    failures: list[Any] = []
+    stop = asyncio.Event()
+
+    async def keep_sending(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            sent = time.monotonic()
+            reply = await senders[i].call("SendMessage", f"s{i}", f"r{i}", f"m{n}", timeout=30)
+            latencies.append((sent, time.monotonic() - sent))
+            if reply["ok"]:
+                acked[i].append(reply["data"])
+            else:
+                failures.append(reply)
+            n += 1
+            await asyncio.sleep(0.1)
+
+    sending = [asyncio.ensure_future(keep_sending(i)) for i in range(pairs)]
+    await asyncio.sleep(1.0)
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        await asyncio.sleep(6.0)
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    thawed_at = time.monotonic()
+
+    # Delivery across instances resumes: a message sent now arrives live.
+    async def delivered_live() -> bool:
+        message_id = await senders[0].ok("SendMessage", "s0", "r0", "are you there")
+        acked[0].append(message_id)
+        await asyncio.sleep(0.1)
+        return message_id in {args[2] for args in receivers[0].named("ReceiveMessage")}
+
+    resumed = await eventually(delivered_live, 5, "live delivery after Redis answered again")
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*sending)
+
+    assert not failures, failures[:3]
+    during = sorted(took for sent, took in latencies if frozen_at <= sent < thawed_at)
+    assert len(during) > pairs * 20, "the senders did not keep sending while Redis was frozen"
+    assert during[-1] < 1.0, f"a send waited {during[-1]:.2f} s while Redis was frozen"
+
+    # Nothing acked is lost: each message arrived live or comes with Sync.
+    for i, receiver in enumerate(receivers):
+        live = {args[2] for args in receiver.named("ReceiveMessage")}
+        synced = set(await sync_all(receiver, cursors[i]))
+        assert set(acked[i]) <= live | synced, f"r{i} lost messages"
+    missed = sum(len(set(acked[i]) - {a[2] for a in r.named("ReceiveMessage")})
+                 for i, r in enumerate(receivers))
+    assert missed, "every message arrived live: the freeze cost nothing and the test proves nothing"
+
+    # One SyncRequired per socket for the one outage, not one per publish in flight.
+    everyone = senders + receivers
+    await eventually(
+        lambda: all(c.named("SyncRequired") for c in everyone), 10, "SyncRequired on every socket"
+    )
+    await asyncio.sleep(3 * SYNC_SETTLE_S)  # a second one would have come by now
+    counts = {c.user: len(c.named("SyncRequired")) for c in everyone}
+    assert set(counts.values()) == {1}, counts
+    print(
+        f"frozen 6 s: {len(during)} sends, ack p50 {during[len(during) // 2] * 1000:.1f} ms, "
+        f"max {during[-1] * 1000:.1f} ms; delivery resumed {resumed:.2f} s after SIGCONT; "
+        f"{missed} messages came by Sync"
+    )
+
+
+# -- presence in order ------------------------------------------------------------------------
+
+
+async def test_presence_stays_in_order_when_one_user_races_across_instances(
+    serve: Serve, own_redis: OwnRedis, connect: Connect
+) -> None:
+    """alice's sockets come and go on two instances at once, many times; observers on both.
+
+    After each round alice is offline, and once everything sent before has
+    arrived (a flush through each instance), each observer's last word on her
+    must be Offline: an Online delivered after the Offline that followed it
+    would leave her shown online for good.
+    """
+    a, b = await pair(serve, own_redis)
+    watchers = [await connect(a, "carol"), await connect(b, "dave")]
+    peers = [await connect(a, "peer-a"), await connect(b, "peer-b")]
+    published: list[dict[str, Any]] = []  # what the instances tell each other
+    subscribed = asyncio.Event()
+    listening = asyncio.ensure_future(listen_to_the_backplane(own_redis, published, subscribed))
+    await asyncio.wait_for(subscribed.wait(), EVENT_TIMEOUT_S)
+    for watcher in watchers:
+        assert await watcher.ok("SubscribePresence", ["alice"]) == {"alice": "Offline"}
+
+    async def visit(served: Served, after_s: float) -> None:
+        """A socket of alice's that leaves as soon as it is in."""
+        await asyncio.sleep(after_s)
+        client = await connect(served, "alice", greet=False)
+        await client.sio.disconnect()
+
+    async def alice_offline() -> bool:
+        return await peers[0].ok("GetOnlineStatus", "alice") is False
+
+    rounds = 100
+    for n in range(1, rounds + 1):
+        # Two short visits overlapping on two instances: whichever comes first
+        # announces her, whichever leaves last says she left, while the
+        # announcement may still be on its way (through Redis) to the other.
+        first, second = (a, b) if n % 2 else (b, a)
+        await asyncio.gather(visit(first, 0), visit(second, (n % 5) * 0.001))
+        await eventually(alice_offline, EVENT_TIMEOUT_S, f"alice offline after round {n}")
+        for watcher in watchers:
+            # Her last change is Offline: it reaches each watcher, and is the last word...
+            await eventually(
+                lambda w=watcher: statuses(w, "alice")[-1:] == ["Offline"], EVENT_TIMEOUT_S,
+                f"round {n}: {watcher.user} showing alice offline (heard {statuses(watcher, 'alice')})",
+            )
+            # ...and stays it: an Online still on its way would arrive before these.
+            for peer in peers:
+                await flush(watcher, peer)
+            heard = statuses(watcher, "alice")
+            assert heard[-1] == "Offline", (
+                f"round {n}: {watcher.user} shows alice {heard[-1]} after she left: {heard}"
+            )
+    for watcher in watchers:
+        assert statuses(watcher, "alice").count("Offline") >= rounds
+    listening.cancel()
+    changes = [m for m in published if m.get("event") == "UserStatusChanged"]
+    assert len(changes) >= 2 * rounds, "alice's changes were not published to the other instance"
+    assert all(m.get("version", [None])[0] == "alice" for m in changes), changes[:2]
+    versions = [m["version"][1] for m in changes]
+    assert len(set(versions)) == len(versions), "two changes of alice with one version"
+
+
+async def listen_to_the_backplane(
+    redis: OwnRedis, into: list[dict[str, Any]], subscribed: asyncio.Event
+) -> None:
+    """Every message the instances publish to each other, decoded."""
+    from redis.asyncio import Redis
+
+    client = Redis(host="127.0.0.1", port=redis.port)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(CHANNEL)
+        subscribed.set()
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                into.append(json.loads(message["data"]))
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_an_instance_never_delivers_a_presence_change_after_a_later_one(
+    serve: Serve, own_redis: OwnRedis, connect: Connect
+) -> None:
+    """Changes of one user heard from another instance out of order: the stale one is dropped."""
+    a, _ = await pair(serve, own_redis)
+    carol = await connect(a, "carol")
+    await carol.ok("SubscribePresence", ["alice"])
+
+    async def from_elsewhere(event: str, data: list[Any], room: str, **extra: Any) -> None:
+        """What another instance's backplane publishes for an emit."""
+        message = {
+            **extra, "method": "emit", "event": event, "data": data, "binary": False,
+            "namespace": "/chat", "room": [room], "skip_sid": None, "callback": None,
+            "host_id": "elsewhere",
+        }
+        await own_redis.command("PUBLISH", CHANNEL, json.dumps(message))
+
+    async def alice_is(status: str, version: int) -> None:
+        await from_elsewhere(
+            "UserStatusChanged", ["alice", status], "watch:alice", version=["alice", version]
+        )
+
+    await alice_is("Online", 1_000)
+    await alice_is("Offline", 3_000)
+    await alice_is("Online", 2_000)  # decided before the Offline, arrived after it
+    await alice_is("Online", 4_000)
+    await alice_is("Offline", 4_000)  # the same version twice: not a change
+    # The channel keeps its order: once this arrives, everything before it was handled.
+    await from_elsewhere("UserTyping", ["elsewhere", True], "user:carol")
+    await carol.wait_for("UserTyping")
+    assert statuses(carol, "alice") == ["Online", "Offline", "Online"]

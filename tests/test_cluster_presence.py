@@ -106,3 +106,49 @@ async def test_while_redis_is_away_the_instance_answers_alone_and_reasserts_late
     came_b = await b.maintain()
     assert changes(came_a) == [("carol", True)] and changes(came_b) == [("bob", True)]
     assert await a.online_users() == ["bob", "carol"] == await b.online_users()
+
+
+def versions(notices: tuple[Notice, ...]) -> list[tuple[str, bool, int]]:
+    events = [n.event for n in notices]
+    return [(e.user_id, e.online, e.version) for e in events if isinstance(e, PresenceChanged)]
+
+
+async def test_each_change_takes_a_later_version_in_the_order_redis_decided_it(
+    instance: Instance, own_redis: OwnRedis
+) -> None:
+    """The issue's window: a first connect's announcement, and the last disconnect elsewhere.
+
+    a decides alice is online; before a's notice goes out, b decides she is
+    offline. The notices may cross on their way; their versions say which came
+    last, whatever the order they arrive in.
+    """
+    a, b = instance("a"), instance("b")
+    await a.maintain()
+    await b.maintain()
+    (online,) = versions(await a.connect("alice", "s1"))
+    assert await b.connect("alice", "s2") == ()
+    assert await a.disconnect("alice", "s1") == ()
+    (offline,) = versions(await b.disconnect("alice", "s2"))
+    assert online[:2] == ("alice", True) and offline[:2] == ("alice", False)
+    assert 0 < online[2] < offline[2]
+    # Versions come from Redis's clock: one made after Redis forgot everything is still later.
+    own_redis.kill()
+    await own_redis.start()  # empty
+    (again,) = versions(await a.connect("alice", "s3"))
+    assert again[2] > offline[2]
+    await a.maintain()  # registers a again (the restart forgot the instances too)
+    # Changes found by the heartbeat (a dead instance reaped, one re-asserted) are versioned too.
+    await own_redis.command("DEL", "chat:presence:alive:a")
+    (reaped,) = versions(await b.maintain())
+    assert reaped[:2] == ("alice", False) and reaped[2] > again[2]
+    (back,) = versions(await a.maintain())
+    assert back[:2] == ("alice", True) and back[2] > reaped[2]
+
+
+async def test_without_redis_changes_carry_no_version(
+    instance: Instance, own_redis: OwnRedis
+) -> None:
+    a = instance("a")
+    await a.maintain()
+    own_redis.kill()
+    assert versions(await a.connect("carol", "s1")) == [("carol", True, 0)]

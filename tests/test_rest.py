@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ REGISTRY = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(O
 def check_against_openapi(path: str, method: str, status: int, body: Any) -> None:
     """Validate a real response body against the schema the document promises."""
     response = OPENAPI["paths"][path][method]["responses"][str(status)]
+    if "$ref" in response:  # a shared response under components
+        response = OPENAPI["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
     schema = response["content"]["application/json"]["schema"]
     ref = schema["$ref"].replace("#", "urn:openapi#", 1)
     jsonschema.Draft202012Validator({"$ref": ref}, registry=REGISTRY).validate(body)
@@ -153,3 +156,78 @@ async def test_openapi_document_is_served_and_describes_every_api_route(server: 
     }
     documented = {(m, p) for p, ops in OPENAPI["paths"].items() for m in ops}
     assert routes <= documented
+
+
+# -- budgets ------------------------------------------------------------------------
+
+
+async def get_with_headers(
+    server: TestServer, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.make_url(path), headers=headers) as r:
+            return r.status, dict(r.headers), await r.json()
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user)}"}
+
+
+def assert_rate_limited(path: str, status: int, headers: dict[str, str], body: Any) -> None:
+    assert status == 429, (status, body)
+    assert body["error"]["code"] == "rate_limited"
+    assert 1 <= int(headers["Retry-After"]) <= 2
+    check_against_openapi(path, "get", 429, body)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_rest_spends_the_same_budget_as_the_users_socket_calls(
+    start_server: ServerFactory, connect: Connect
+) -> None:
+    server = await start_server(rate_limit_burst=6, rate_limit_per_s=1.0)
+    alice = await connect(server, "alice")
+    for _ in range(3):
+        await alice.ok("GetOnlineUsers")
+    path = "/api/users/online"
+    replies = [await get_with_headers(server, path, bearer("alice")) for _ in range(5)]
+    assert [status for status, _, _ in replies][:3] == [200, 200, 200]
+    assert_rate_limited(path, *replies[-1])
+    assert await alice.error("GetOnlineUsers") == "rate_limited", "REST spent the socket's budget"
+    status, _, _ = await get_with_headers(server, path, bearer("bob"))
+    assert status == 200, "another user's budget is his own"
+    async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as r:
+        assert 'chat_rest_rate_limited_total{budget="user"} 2.0' in await r.text()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_requests_without_a_valid_token_spend_their_addresses_budget(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(rate_limit_burst=3, rate_limit_per_s=1.0, dev_mode=True)
+    path = "/api/conversations"
+    anonymous = [await get_with_headers(server, path, {}) for _ in range(2)]
+    assert [status for status, _, _ in anonymous] == [401, 401]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.make_url("/api/dev/token"), json={"userId": "eve"}) as r:
+            assert r.status == 200, "the dev token endpoint spends from the same budget"
+        async with http.post(server.make_url("/api/dev/token"), json={"userId": "eve"}) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    assert_rate_limited(path, *await get_with_headers(server, path, {"Authorization": "Bearer x"}))
+    status, _, _ = await get_with_headers(server, path, bearer("alice"))
+    assert status == 200, "a user with a valid token spends their own budget, not the address's"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_behind_a_trusted_proxy_each_client_address_has_its_own_budget(
+    start_server: ServerFactory,
+) -> None:
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    proxied = await start_server(rate_limit_burst=2, rate_limit_per_s=1.0, trusted_proxies=(loopback,))
+    path = "/api/users/online"
+    one, two = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
+    assert [(await get_with_headers(proxied, path, one))[0] for _ in range(3)] == [401, 401, 429]
+    assert (await get_with_headers(proxied, path, two))[0] == 401, "another client behind it"
+    # Without trusted proxies the header is the client's own word: it is not believed.
+    direct = await start_server(rate_limit_burst=2, rate_limit_per_s=1.0)
+    statuses = [(await get_with_headers(direct, path, h))[0] for h in (one, two, one)]
+    assert statuses == [401, 401, 429]
