@@ -36,13 +36,11 @@ async def lock(batch: Batch) -> None:
 
 async def next_change(batch: Batch) -> int:
     # Bumping the row locks it until COMMIT: change numbers become visible in order.
-    if not await batch.execute(
-        "UPDATE chat_counter SET value = value + 1 WHERE name = ?", [CHANGE_COUNTER]
-    ):
+    value = await batch.tx.bump("chat_counter", "value", "name", CHANGE_COUNTER)
+    if value is None:  # the migration seeds the row; a database someone emptied by hand
         await batch.execute("INSERT INTO chat_counter (name, value) VALUES (?, 1)", [CHANGE_COUNTER])
         return 1
-    rows = await batch.query("SELECT value FROM chat_counter WHERE name = ?", [CHANGE_COUNTER])
-    return int(rows[0]["value"])
+    return value
 
 
 @dataclass(frozen=True, slots=True)

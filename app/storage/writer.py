@@ -51,6 +51,10 @@ class Tx(Protocol):
 
     async def execute(self, statement: str, params: Sequence[Any] = ()) -> int: ...
 
+    async def bump(self, table: str, column: str, key: str, value: Any) -> int | None:
+        """``column = column + 1`` in the row whose `key` is `value`: the new value, in one
+        round trip (None: no such row)."""
+
 
 class Link(Tx, Protocol):
     """One open connection of a driver."""
@@ -229,6 +233,16 @@ class MySQLLink:
         async with self._conn.cursor() as cursor:
             return int(await cursor.execute(statement, list(params)))
 
+    async def bump(self, table: str, column: str, key: str, value: Any) -> int | None:
+        # MariaDB has no UPDATE ... RETURNING; LAST_INSERT_ID(expr) hands the new
+        # value back in the statement's own OK packet (the documented sequence idiom).
+        async with self._conn.cursor() as cursor:
+            changed = await cursor.execute(
+                f"UPDATE {table} SET {column} = LAST_INSERT_ID({column} + 1) WHERE {key} = %s",
+                [value],
+            )
+            return int(cursor.lastrowid) if changed else None
+
     def abort(self) -> None:
         self._conn.close()  # asyncmy's close() drops the transport, no QUIT
 
@@ -309,6 +323,13 @@ class SQLiteLink:
             return int(cursor.rowcount)
         finally:
             await cursor.close()
+
+    async def bump(self, table: str, column: str, key: str, value: Any) -> int | None:
+        rows = await self._conn.execute_fetchall(
+            f"UPDATE {table} SET {column} = {column} + 1 WHERE {key} = ? RETURNING {column}",
+            [value],
+        )
+        return int(rows[0][0]) if rows else None
 
     def abort(self) -> None:
         # aiosqlite closes on its own thread; a stalled one never returns, so don't wait.
