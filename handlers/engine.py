@@ -1,7 +1,10 @@
 """Adaptations of python-socketio and python-engineio that the hub relies on.
 
-Each one is a small subclass or setting with the reason it exists; the
-namespace itself (handlers/chat.py) uses only the libraries' public API.
+Each one is a small subclass or setting with the reason it exists. Where one
+overrides or reads a private name, the comment names the version it was read
+from and the entry of docs/internals.md that says why no public API does the
+job; tests/test_library_contract.py fails, naming that entry, when the name
+disappears or changes shape. (Versions are capped in pyproject.toml.)
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ class HubServer(socketio.AsyncServer):
         self._refused_said: set[str] = set()  # addresses told about in the log
         guard_transports(self, self, guards.ws_compression, guards.max_socket_buffer)
 
+    # Private hook (python-socketio 5.18.1): the library registers it as engine.io's
+    # "connect" handler; nothing public runs when a session opens without joining a
+    # namespace. docs/internals.md#asyncserver_handle_eio_connect
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         request = environ.get("aiohttp.request")
         address = (
@@ -130,16 +136,19 @@ class HubServer(socketio.AsyncServer):
         if transport is not None:
             self._transports[eio_sid] = transport
 
+    # Private hook (python-socketio 5.18.1): engine.io's "message" handler, where the
+    # library parses the Socket.IO packet. docs/internals.md#asyncserver_handle_eio_message
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if not isinstance(data, str) or data[:1] in ("5", "6"):  # BINARY_EVENT, BINARY_ACK
-            self.protocol_error(eio_sid, "binary frame")
+        if problem := packet_problem(data):
+            self.protocol_error(eio_sid, problem)
             return
         try:
             await super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:  # noqa: BLE001 - the parser's refusal of a client's frame
-            # Handlers never raise here (the hub answers every failure itself),
-            # so what arrives is the Socket.IO parser refusing the frame.
-            self.protocol_error(eio_sid, f"malformed packet ({type(exc).__name__})")
+        except MalformedPacket as exc:
+            # Raised only by HubPacket.decode, before the library dispatches
+            # anything: the client's frame, refused. Any other exception is a
+            # bug (ours or the library's): engine.io logs it with its traceback.
+            self.protocol_error(eio_sid, exc.kind)
 
     def protocol_error(
         self, eio_sid: str, kind: str, answering: asyncio.BaseTransport | None = None
@@ -150,7 +159,8 @@ class HubServer(socketio.AsyncServer):
         polling POST), left open for its error response.
         """
         # The frames a client sent before its socket closes arrive all the same:
-        # one line per socket, never the frame itself.
+        # one line per socket, never the frame itself. (``eio.sockets``: engine.io's
+        # sessions by id, an undocumented attribute; docs/internals.md#eiosockets)
         if eio_sid in self._complained or eio_sid not in self.eio.sockets:
             return  # said already, or the socket is gone
         self._complained.add(eio_sid)
@@ -177,7 +187,10 @@ class HubServer(socketio.AsyncServer):
 
         A client whose transport drops reconnects at once (one told CLOSE
         stays away): that is also what a shutting-down server wants.
-        ``answering`` is left open (see protocol_error).
+        ``answering`` is left open (see protocol_error). engine.io 4.15.1 has no
+        public "drop this session now": this takes it out of ``eio.sockets`` and
+        uses the socket's ``queue`` and ``close(wait, abort, reason)``
+        (docs/internals.md#asyncsocketqueue-close-upgraded).
         """
         socket = self.eio.sockets.pop(eio_sid, None)
         transport = self._transports.pop(eio_sid, None)
@@ -194,12 +207,15 @@ class HubServer(socketio.AsyncServer):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    # Private hook (python-socketio 5.18.1): engine.io's "disconnect" handler; the
+    # namespace's disconnect runs only for sockets that joined it.
+    # docs/internals.md#asyncserver_handle_eio_disconnect
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
         self._complained.discard(eio_sid)
         self.authenticated(eio_sid)  # gone: it no longer counts either way
         self._transports.pop(eio_sid, None)
-        socket = self.eio.sockets.get(eio_sid)
+        socket = self.eio.sockets.get(eio_sid)  # docs/internals.md#asyncsocketqueue-close-upgraded
         if socket is not None and not socket.upgraded:
             socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
 
@@ -212,6 +228,10 @@ class HubManagerMixin:
     from then on events reach a client that knows it is connected. (Events
     emitted from inside the connect handler would arrive before the CONNECT
     packet, and some clients drop them.)
+
+    The methods overridden are public names of the manager, but when the
+    server calls them is python-socketio 5.18.1's behaviour, not a documented
+    contract: docs/internals.md#manager-hooks.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -269,8 +289,10 @@ class HubManagerMixin:
         A send only queues the packet on the socket (an unbounded queue: it
         never waits), so the recipients are served in turn, and one that fails
         is logged without stopping the rest. No callbacks: the hub asks for none.
+        A re-implementation of python-socketio 5.18.1's AsyncManager.emit
+        without callbacks (docs/internals.md#asyncmanageremit-re-implemented).
         """
-        if namespace not in self.rooms:
+        if namespace not in self.get_namespaces():
             return
         args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
@@ -279,11 +301,14 @@ class HubManagerMixin:
             sio_packet.EVENT, namespace=namespace, data=[event, *args]
         ).encode()
         message = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        eio = self.server.eio
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
                 continue
             try:
-                await self.server._send_eio_packet(eio_sid, message)
+                # engine.io's public send_packet (the library's emit goes through
+                # its private _send_eio_packet, which only calls this).
+                await eio.send_packet(eio_sid, message)
             except Exception:  # noqa: BLE001 - one socket's failure is not the others'
                 logger.exception("could not send %s to %s", event, sid)
 
@@ -300,17 +325,79 @@ class HubManager(HubManagerMixin, socketio.AsyncManager):
         await self._emit_here(event, data, namespace or "/", to or room, skip_sid)
 
 
+class MalformedPacket(ValueError):
+    """A Socket.IO packet from a client that the protocol does not allow: the client's mistake."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind  # the protocol_errors metric's label, and the log line's reason
+
+
+# The Socket.IO packet types a client may send (socket.io-protocol v5): CONNECT,
+# DISCONNECT, EVENT, ACK. CONNECT_ERROR is the server's to send; BINARY_EVENT
+# and BINARY_ACK the hub refuses (it has no binary arguments).
+CLIENT_PACKET_TYPES = frozenset("0123")
+BINARY_PACKET_TYPES = frozenset("56")
+
+
+def packet_problem(data: Any) -> str | None:
+    """Why an engine.io message is not a Socket.IO packet a client may send, or None.
+
+    Checked before the library sees the frame: the library takes an empty
+    frame for an EVENT without data, and waits for a binary packet's
+    attachments, which a hostile client never sends.
+    """
+    if not isinstance(data, str) or data[:1] in BINARY_PACKET_TYPES:
+        return "binary frame"
+    if data[:1] not in CLIENT_PACKET_TYPES:  # "" included: not in the set
+        return "malformed packet (type)"
+    return None
+
+
 class HubPacket(sio_packet.Packet):  # type: ignore[misc]
-    """Socket.IO packets without the scan for binary attachments.
+    """Socket.IO packets without the scan for binary attachments, checked as they are decoded.
 
     The library walks every emitted packet's data, recursively, looking for
     bytes to send as attachments: 8% of the server's CPU in the closed-loop
     profile. The hub never emits bytes (every value it sends is JSON) and
     closes sockets that send binary frames, so the scan finds nothing, ever.
-    (python-socketio's own msgpack packets switch it off the same way.)
+    (python-socketio's own msgpack packets switch it off the same way, with
+    the undocumented class attribute ``uses_binary_events``: see
+    docs/internals.md#packetuses_binary_events.)
+
+    ``decode`` is the documented extension point of a ``serializer`` class
+    (python-socketio: "a subclass of the Packet class with custom
+    implementations of the encode() and decode() methods"). Here it also
+    checks what the library leaves to a traceback later, so every client
+    mistake is a :class:`MalformedPacket` raised before anything is dispatched.
     """
 
     uses_binary_events = False
+
+    def decode(self, encoded_packet: str) -> int:
+        try:
+            attachments = int(super().decode(encoded_packet) or 0)
+        except (ValueError, RecursionError) as exc:
+            # The library's parser refusing the client's text: a bad packet type
+            # or id, JSON that does not parse (or nests past the recursion limit).
+            raise MalformedPacket("malformed packet (encoding)") from exc
+        if attachments or not _well_formed(self.packet_type, self.data, self.id):
+            raise MalformedPacket("malformed packet (shape)")
+        return attachments
+
+
+def _well_formed(packet_type: Any, data: Any, ack_id: Any) -> bool:
+    """The payload each client packet type carries (socket.io-protocol v5)."""
+    if packet_type == sio_packet.CONNECT:
+        return data is None or isinstance(data, dict)  # the auth object, or nothing
+    if packet_type == sio_packet.DISCONNECT:
+        return data is None
+    if packet_type == sio_packet.EVENT:
+        # [name, ...args]; a name that is not a string is the hub's to answer (unknown_event).
+        return isinstance(data, list) and len(data) > 0
+    if packet_type == sio_packet.ACK:
+        return isinstance(data, list) and ack_id is not None
+    return False  # CONNECT_ERROR, binary, or a type the protocol does not have
 
 
 class FastJson:

@@ -22,7 +22,7 @@ import pytest
 import socketio
 from aiohttp.test_utils import TestServer
 
-from app.appkeys import DB
+from app.appkeys import DB, SIO
 from app.config import Config
 from app.storage.db import Database
 from models import Message
@@ -30,6 +30,7 @@ from tests.support import (
     ChatClient,
     Connect,
     RawSocket,
+    EVENT_TIMEOUT_S,
     Serve,
     ServerFactory,
     make_token,
@@ -64,10 +65,25 @@ async def closes_after(url: str, frame: str | bytes) -> bool:
         await raw.close()
 
 
-async def metric(url: str, line_start: str) -> float:
+async def answer(raw: RawSocket, ack_id: int) -> str:
+    """Read `raw` until the ACK of call `ack_id` arrives (events before it are passed over)."""
+    deadline = asyncio.get_running_loop().time() + EVENT_TIMEOUT_S
+    prefix = f"43/chat,{ack_id}["
+    while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+        frame = await raw.receive(timeout=remaining)
+        assert frame is not None, f"the socket closed before the answer to call {ack_id}"
+        if isinstance(frame, str) and frame.startswith(prefix):
+            return frame
+    raise AssertionError(f"no answer to call {ack_id} within {EVENT_TIMEOUT_S} s")
+
+
+async def metric_text(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
-        text = await r.text()
-    for line in text.splitlines():
+        return await r.text()
+
+
+async def metric(url: str, line_start: str) -> float:
+    for line in (await metric_text(url)).splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -121,17 +137,66 @@ async def test_a_session_that_never_joins_chat_is_closed(start_server: ServerFac
 
 @SQLITE
 @pytest.mark.parametrize(
-    "frame",
+    ("frame", "kind"),
     [
-        "4garbage",  # not a Socket.IO packet type
-        '42/chat,["SendMessage"',  # JSON cut short
-        '42/chat,["GetOnlineStatus",' + "9" * 5000 + "]",  # an integer Python refuses to parse
-        "47/chat,[]",  # no such packet type
-        "44/chat,{}",  # CONNECT_ERROR is the server's to send
+        ("4garbage", "type"),  # not a Socket.IO packet type
+        ("4", "type"),  # an engine.io message with nothing in it
+        ("47/chat,[]", "type"),  # no such packet type
+        ("44/chat,{}", "type"),  # CONNECT_ERROR is the server's to send
+        ('42/chat,["SendMessage"', "encoding"),  # JSON cut short
+        ('42/chat,["GetOnlineStatus",' + "9" * 5000 + "]", "encoding"),  # an integer Python refuses
+        ("42/chat," + "[" * 3000 + "]" * 3000, "encoding"),  # nested past the recursion limit
+        ("42/chat," + "9" * 101 + '["GetOnlineUsers"]', "encoding"),  # an ack id too long
+        ("42/chat,{}", "shape"),  # an EVENT is an array
+        ("42/chat,[]", "shape"),  # with the event's name first
+        ("42/chat,", "shape"),  # and is not empty
+        ('421-/chat,["GetOnlineUsers"]', "shape"),  # attachments on a text packet
+        ("43/chat,[]", "shape"),  # an ACK without the id it answers
+        ('41/chat,{"why":1}', "shape"),  # DISCONNECT carries nothing
+        ('40/chat,"token"', "shape"),  # CONNECT carries an object (the auth), or nothing
     ],
 )
-async def test_malformed_packets_close_the_socket(server: TestServer, frame: str) -> None:
+async def test_malformed_packets_close_the_socket(
+    server: TestServer, frame: str, kind: str
+) -> None:
     assert await closes_after(server_url(server), frame)
+    label = f'chat_protocol_errors_total{{kind="malformed packet ({kind})"}}'
+    assert await metric(server_url(server), label) == 1
+
+
+@SQLITE
+async def test_a_library_failure_on_the_event_path_is_a_bug_not_the_clients_malformed_packet(
+    server: TestServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure inside python-socketio is logged with its traceback; the client is not blamed.
+
+    The failure is injected into the manager the library consults for every
+    event (a public method, patched on this server's instance only).
+    """
+    raw = await RawSocket.open(server_url(server))
+    try:
+        await raw.connect_chat(make_token("alice"))
+        assert (await raw.receive() or "").startswith("40/chat,")
+        failed = asyncio.Event()
+
+        def broken(*args: Any) -> Any:
+            failed.set()
+            raise RuntimeError("a failure inside the library")
+
+        monkeypatch.setattr(server.app[SIO].manager, "sid_from_eio_sid", broken)
+        await raw.send('42/chat,1["GetOnlineUsers"]')
+        # Raised and logged in one go, before the server's task yields to this one.
+        await asyncio.wait_for(failed.wait(), EVENT_TIMEOUT_S)
+        monkeypatch.undo()
+        # The same socket, still open, answers the next call.
+        await raw.send('42/chat,2["GetOnlineUsers"]')
+        assert await answer(raw, 2) == '43/chat,2[{"ok":true,"data":["alice"]}]'
+    finally:
+        await raw.close()
+    bugs = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], RuntimeError)]
+    assert bugs and bugs[0].levelname == "ERROR", "the library's failure was not logged as a bug"
+    assert not [r for r in caplog.records if "closing engine.io session" in r.getMessage()]
+    assert 'kind="malformed' not in await metric_text(server_url(server))
 
 
 async def test_nothing_reaches_a_socket_before_its_connect_answer(
