@@ -25,6 +25,7 @@ from models import Conversation, Counter, Group, GroupMember, Message, User
 from tests.support import (
     EVENT_TIMEOUT_S,
     MYSQL_ADMIN_URL,
+    REQUIRE_SERVICES,
     OwnRedis,
     SECRET,
     ChatClient,
@@ -209,3 +210,37 @@ def db_state(server: TestServer) -> Callable[[], Awaitable[dict[str, Any]]]:
 def tmp_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# -- what a run did not test ----------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the skipped tests by reason, so a green local run is not taken for the whole suite.
+
+    Skips say which service or tool was missing (MariaDB, Redis, nginx,
+    Chromium, node modules); one line per reason, with how many tests and
+    which files.
+    """
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    groups: dict[str, list[str]] = {}
+    for report in skipped:
+        groups.setdefault(_skip_reason(report), []).append(report.nodeid)
+    terminalreporter.section(
+        f"{len(skipped)} tests skipped: NOT tested in this run", sep="=", yellow=True, bold=True
+    )
+    for reason, nodeids in sorted(groups.items(), key=lambda group: (-len(group[1]), group[0])):
+        files = sorted({nodeid.split("::")[0] for nodeid in nodeids})
+        terminalreporter.line(f"{len(nodeids):4d} x {reason}", yellow=True)
+        terminalreporter.line(f"       in {', '.join(files)}")
+    if not REQUIRE_SERVICES:
+        terminalreporter.line("CHAT_REQUIRE_SERVICES=1 makes each of these a failure instead.")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: why")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)

@@ -6,6 +6,7 @@ Fixtures live in conftest.py; everything a test imports by name lives here.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import subprocess
@@ -228,6 +229,25 @@ class ChatClient:
 
     def clear(self) -> None:
         self.events.clear()
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = EVENT_TIMEOUT_S
+) -> float:
+    """Poll `check` (plain or async) until it holds; the seconds it took.
+
+    For conditions no event announces (a log line written, a place freed).
+    Fails after `timeout_s`, saying what it waited for.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return loop.time() - started
+        if loop.time() - started >= timeout_s:
+            raise AssertionError(f"waited {timeout_s} s for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def flush(target: ChatClient, via: ChatClient) -> None:
