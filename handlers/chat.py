@@ -151,6 +151,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             # be a lie. None goes out; the client retries with the same
             # clientMessageId on the instance it reconnects to.
             self._metrics.errors.labels("outcome_unknown").inc()
+            # The library sends no ACK for this sentinel (python-socketio 5.18.1;
+            # docs/internals.md#asyncservernot_handled); None would be an empty ACK.
             return self.server.not_handled
         except Exception as exc:  # the edge: nothing escapes, every failure is an envelope
             error = client_error(exc, event if route else "unknown event")
@@ -252,7 +254,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         except TimeoutError:
             logger.warning("shutdown: %d calls still running after the grace", self._in_flight)
         server = self.server
-        closing = list(server.eio.sockets)
+        closing = list(server.eio.sockets)  # every engine.io session: docs/internals.md#eiosockets
         for eio_sid in closing:
             server.cut_off(eio_sid)
         logger.info("shutdown: %d sockets closed", len(closing))

@@ -18,6 +18,11 @@ its own in that table (for this server only; the table is module-level):
   every packet for a socket without limit, so one client that never reads
   (while calling ``Sync`` in a loop) held a gigabyte. Past the limit the
   socket is cut off and its queue dropped.
+
+The table, the driver's ``WebSocket`` class and the way engine.io makes each
+socket's queue are python-engineio 4.15.1's internals: docs/internals.md lists
+each with why nothing public does the job, and tests/test_library_contract.py
+fails, naming the entry, when one changes.
 """
 
 from __future__ import annotations
@@ -118,8 +123,11 @@ def _size(item: Any) -> int:
 class GuardedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
     """engine.io's aiohttp WebSocket, with the hub's guard (set by :func:`guard_transports`).
 
-    ``__call__`` is the driver's own, but for permessage-deflate (a setting)
-    and telling the guard which TCP connection the socket is on.
+    ``__call__`` is the driver's own (copied from python-engineio 4.15.1), but
+    for permessage-deflate (a setting) and telling the guard which TCP
+    connection the socket is on; it sets the driver's private ``_sock`` and
+    reads the session id from ``handler.__self__`` (the engine.io socket whose
+    bound method the handler is). docs/internals.md#the-aiohttp-drivers-websocket-copied
     """
 
     guard: Guard
@@ -147,7 +155,10 @@ class GuardedWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
 
 
 class _Body:
-    """engine.io reads ``environ['wsgi.input']``; the body middleware has read it already."""
+    """engine.io reads ``environ['wsgi.input']``; the body middleware has read it already.
+
+    (engine.io 4.15.1 calls ``await read(length)`` on it: docs/internals.md#the-polling-body-wsgiinput.)
+    """
 
     def __init__(self, request: Request) -> None:
         self._request = request
@@ -162,6 +173,8 @@ def guard_transports(
     """Install the guarded transport pieces on this Socket.IO server's engine.io server."""
     eio = server.eio
     websocket = type("WebSocket", (GuardedWebSocket,), {"guard": guard, "compress": ws_compression})
+    # The driver table (python-engineio 4.15.1, docs/internals.md#eio_async): the
+    # only place engine.io looks up its WebSocket class and request translator.
     translate = eio._async["translate_request"]
 
     def translate_request(request: Request) -> dict[str, Any]:
@@ -169,12 +182,13 @@ def guard_transports(
         if request.method == "POST":
             environ["wsgi.input"] = _Body(request)
         sid = request.query.get("sid")
-        if sid is not None and sid in eio.sockets:
+        if sid is not None and sid in eio.sockets:  # docs/internals.md#eiosockets
             guard.bind_transport(sid, request.transport)  # each request of a polling session
         return environ
 
     # A copy: the driver's table is module-level, shared by every server in the process.
     eio._async = {**eio._async, "websocket": websocket, "translate_request": translate_request}
-    # engine.io makes each socket's queue with this (its public factory).
+    # engine.io makes each socket's queue with this public factory; that it does
+    # so for every socket is its behaviour, not its contract (docs/internals.md#eiocreate_queue).
     eio.create_queue = lambda *args, **kwargs: OutgoingQueue(max_buffer, guard.overflowed)
 
