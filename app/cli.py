@@ -16,7 +16,7 @@ from aiohttp import web
 
 from app.auth import DEFAULT_TOKEN_TTL_S, TokenVerifier
 from app.config import Config, ConfigError
-from app.storage.db import migrate
+from app.storage.db import APP_LABEL, migrate, migrations_location
 from app.devcluster import run_cluster
 from app.errors import InvalidArgument
 from app.logs import configure_logging
@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve on CHAT_HOST:CHAT_PORT")
     sub.add_parser("migrate", help="apply database migrations")
-    sub.add_parser("cluster", help="dev: nginx + two instances on MariaDB and Redis (make cluster)")
+    cluster = sub.add_parser(
+        "cluster", help="dev: nginx + two instances on MariaDB and Redis (make cluster)"
+    )
+    cluster.add_argument(
+        "--check", action="store_true", help="only test the nginx config it would run, and exit"
+    )
     token = sub.add_parser("token", help="print a signed token for a user")
     token.add_argument("user_id")
     token.add_argument("--name", help="display name claim")
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging("INFO")
     if args.command == "cluster":
-        return run_cluster()
+        return run_cluster(check=args.check)
     try:
         config = Config.from_env()
     except ConfigError as e:
@@ -78,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "migrate":
+        # aerich finds nothing pending in a missing folder and says "none pending":
+        # an install without its migrations would leave the database empty, quietly.
+        folder = migrations_location(config) / APP_LABEL
+        if not any(folder.glob("[0-9]*_*.py")):
+            print(f"chat-server: no {config.dialect} migrations in {folder}: this installation "
+                  "is incomplete (reinstall the package)", file=sys.stderr)
+            return 2
         applied = asyncio.run(migrate(config))
         logger.info("migrations applied: %s", ", ".join(applied) if applied else "none pending")
         return 0

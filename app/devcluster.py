@@ -20,11 +20,28 @@ from urllib.parse import urlsplit
 
 from app.config import dev_secret
 
-NGINX_SITE = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "nginx.conf"
+# The shipped site config: app/deploy/ in an installed package (pyproject.toml
+# installs docs/deploy there), docs/deploy/ in a checkout.
+NGINX_SITES = (
+    Path(__file__).resolve().parent / "deploy" / "nginx.conf",
+    Path(__file__).resolve().parent.parent / "docs" / "deploy" / "nginx.conf",
+)
 SHIPPED_LISTEN = 8080
 SHIPPED_BACKENDS = (8081, 8082)
 DEFAULT_DATABASE_URL = "mysql://root:@127.0.0.1:3306/chat_cluster"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def shipped_site() -> Path:
+    """The shipped nginx site config; FileNotFoundError, saying where it looked, if absent."""
+    for candidate in NGINX_SITES:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "the shipped nginx config (docs/deploy/nginx.conf) is not installed: looked for "
+        + " and ".join(str(p) for p in NGINX_SITES)
+        + "; reinstall the package (pip install .) or run from a checkout"
+    )
 
 
 def nginx_config(path: Path, listen: int, backends: list[int]) -> Path:
@@ -33,7 +50,8 @@ def nginx_config(path: Path, listen: int, backends: list[int]) -> Path:
     Only the ports of the shipped file change; the rest (pid, logs, temp
     files) goes under path's directory, so nginx runs without root.
     """
-    site = NGINX_SITE.read_text()
+    shipped = shipped_site()
+    site = shipped.read_text()
     site = site.replace(f"listen {SHIPPED_LISTEN};", f"listen 127.0.0.1:{listen};")
     shipped_servers = [
         line for line in site.splitlines() if line.strip().startswith("server 127.0.0.1:")
@@ -45,7 +63,7 @@ def nginx_config(path: Path, listen: int, backends: list[int]) -> Path:
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     (root / "site.conf").write_text(site)
     path.write_text(
-        f"""# Written by chat-server cluster; the site itself is {NGINX_SITE.name}.
+        f"""# Written by chat-server cluster; the site itself is {shipped}.
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -82,11 +100,33 @@ async def _create_database(url: str) -> None:
         conn.close()
 
 
-def run_cluster(workdir: Path = Path("data/cluster")) -> int:
+def _check_config(nginx: str, workdir: Path) -> int:
+    """`nginx -t` on the config the cluster would run; nothing is started."""
+    conf = nginx_config(workdir / "nginx.conf", SHIPPED_LISTEN, list(SHIPPED_BACKENDS))
+    tested = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(conf.parent), "-c", str(conf)],
+        capture_output=True, text=True, check=False,
+    )
+    if tested.returncode != 0:
+        print(f"chat-server cluster: nginx refuses {conf}:\n{tested.stderr}", file=sys.stderr)
+        return 2
+    print(f"chat-server cluster: nginx accepts {conf} (site: {shipped_site()})")
+    return 0
+
+
+def run_cluster(workdir: Path = Path("data/cluster"), check: bool = False) -> int:
+    """Run the cluster until Ctrl-C; with `check`, only test the nginx config it would run."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(nginx):
         print("chat-server cluster: nginx is required (apt-get install nginx)", file=sys.stderr)
         return 2
+    try:
+        shipped_site()
+    except FileNotFoundError as e:
+        print(f"chat-server cluster: {e}", file=sys.stderr)
+        return 2
+    if check:
+        return _check_config(nginx, workdir.resolve())
     database = os.environ.get("CHAT_DATABASE_URL", DEFAULT_DATABASE_URL)
     redis = os.environ.get("CHAT_REDIS_URL", DEFAULT_REDIS_URL)
     if not database.startswith("mysql://"):

@@ -40,8 +40,10 @@ from handlers.rest import setup_api
 
 logger = logging.getLogger(__name__)
 
+# The demo page and the Angular app live in a source checkout, not in the
+# installed package (they need npm); CHAT_DEMO_DIR points an install at one.
 DEMO_DIR = Path(__file__).resolve().parent.parent / "client-demo"
-SOCKETIO_CLIENT = DEMO_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+SOCKETIO_CLIENT = Path("node_modules") / "socket.io-client" / "dist" / "socket.io.min.js"
 
 
 def create_app(config: Config) -> web.Application:
@@ -138,8 +140,14 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get("/demo/app.js", _file(demo_dir / "app.js"))
         app.router.add_get("/demo/style.css", _file(demo_dir / "style.css"))
         # socket.io-client from the npm package the Makefile installs: no CDN, works offline.
-        app.router.add_get("/vendor/socket.io.min.js", _file(SOCKETIO_CLIENT))
+        app.router.add_get("/vendor/socket.io.min.js", _file(demo_dir / SOCKETIO_CLIENT))
         _add_angular_app(app, demo_dir / "angular" / "dist" / "chat-app" / "browser")
+    elif demo_dir is not None:
+        logger.warning(
+            "no demo page or Angular app: %s is not there (they come with a source checkout, "
+            "not with the installed package; set CHAT_DEMO_DIR to a checkout's client-demo/)",
+            demo_dir,
+        )
     return app
 
 

@@ -229,7 +229,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for report in skipped:
         groups.setdefault(_skip_reason(report), []).append(report.nodeid)
     terminalreporter.section(
-        f"{len(skipped)} tests skipped: NOT tested in this run", sep="=", yellow=True, bold=True
+        f"{len(skipped)} test{'s' if len(skipped) != 1 else ''} skipped: NOT tested in this run",
+        sep="=", yellow=True, bold=True,
     )
     for reason, nodeids in sorted(groups.items(), key=lambda group: (-len(group[1]), group[0])):
         files = sorted({nodeid.split("::")[0] for nodeid in nodeids})
