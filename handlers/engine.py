@@ -387,11 +387,14 @@ class HubPacket(sio_packet.Packet):  # type: ignore[misc]
 
 
 def _well_formed(packet_type: Any, data: Any, ack_id: Any) -> bool:
-    """The payload each client packet type carries (socket.io-protocol v5)."""
-    if packet_type == sio_packet.CONNECT:
-        return data is None or isinstance(data, dict)  # the auth object, or nothing
-    if packet_type == sio_packet.DISCONNECT:
-        return data is None
+    """Whether a packet carries what the library needs to handle it (socket.io-protocol v5).
+
+    A CONNECT's payload is the hub's to judge (an auth that is not an object
+    holds no token: ``connect_error`` with ``unauthorized``, as the protocol
+    says of a refused handshake); the library ignores a DISCONNECT's.
+    """
+    if packet_type in (sio_packet.CONNECT, sio_packet.DISCONNECT):
+        return True
     if packet_type == sio_packet.EVENT:
         # [name, ...args]; a name that is not a string is the hub's to answer (unknown_event).
         return isinstance(data, list) and len(data) > 0

@@ -157,8 +157,7 @@ async def test_a_session_that_never_joins_chat_is_closed(start_server: ServerFac
         ("42/chat,", "shape"),  # and is not empty
         ('421-/chat,["GetOnlineUsers"]', "shape"),  # attachments on a text packet
         ("43/chat,[]", "shape"),  # an ACK without the id it answers
-        ('41/chat,{"why":1}', "shape"),  # DISCONNECT carries nothing
-        ('40/chat,"token"', "shape"),  # CONNECT carries an object (the auth), or nothing
+        ("43/chat,1{}", "shape"),  # or not an array
     ],
 )
 async def test_malformed_packets_close_the_socket(
@@ -167,6 +166,23 @@ async def test_malformed_packets_close_the_socket(
     assert await closes_after(server_url(server), frame)
     label = f'chat_protocol_errors_total{{kind="malformed packet ({kind})"}}'
     assert await metric(server_url(server), label) == 1
+
+
+@SQLITE
+@pytest.mark.parametrize("auth", ['"a-token"', "[]", "42", "null", ""])
+async def test_a_handshake_whose_auth_is_no_object_is_refused_as_unauthorized(
+    server: TestServer, auth: str
+) -> None:
+    """Not a malformed packet: a handshake without a token, answered as the protocol says."""
+    raw = await RawSocket.open(server_url(server))
+    try:
+        await raw.send(f"40/chat,{auth}")
+        refusal = await raw.receive()
+        assert isinstance(refusal, str) and refusal.startswith("44/chat,"), refusal
+        assert json.loads(refusal.removeprefix("44/chat,"))["data"]["code"] == "unauthorized"
+    finally:
+        await raw.close()
+    assert 'kind="malformed' not in await metric_text(server_url(server))
 
 
 @SQLITE
