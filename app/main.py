@@ -90,6 +90,7 @@ def create_app(config: Config) -> web.Application:
             on_reconnect=metrics.redis_reconnects.inc,
         )
         metrics.publish_queue.set_function(lambda: manager.queued)
+        metrics.sync_pending.set_function(lambda: int(manager.sync_pending))
     else:
         manager = HubManager()
     sio = HubServer(

@@ -86,6 +86,10 @@ class Metrics:
             "chat_backplane_reconnects", "Times the backplane listener subscribed again after a gap",
             registry=self.registry,
         )
+        self.sync_pending = Gauge(
+            "chat_sync_required_pending",
+            "1 while a backplane gap's SyncRequired waits for the gap to settle", registry=self.registry,
+        )
         self.sync_required = Counter(
             "chat_sync_required",
             "SyncRequired sent to this instance's sockets (once per gap in what they heard)",

@@ -64,6 +64,8 @@ PUBLISH_PROBE_S = 0.5
 # SyncRequired goes out once no gap was reported for this long (one outage is
 # seen by every instance within about a second)...
 SYNC_SETTLE_S = 1.0
+# At shutdown, how long what is queued may take to reach Redis.
+CLOSE_FLUSH_S = 0.3
 # ...and at the latest this long after the first report, even if more keep coming.
 SYNC_SETTLE_MAX_S = 5.0
 # A user's last delivered presence version is forgotten after this long: two
@@ -116,6 +118,7 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
         # would replace the subscriber the listener is reading from.
         self._publisher = redis_client(url)
         self._outbox: deque[dict[str, Any] | str] = deque()
+        self._sending = False
         self._outbox_ready = asyncio.Event()
         self._publishing: asyncio.Task[None] | None = None
         self._publish_down = False
@@ -141,6 +144,11 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
     def healthy(self) -> bool:
         """Publishing works and, once started, the listener is subscribed."""
         return not self._publish_down and (self.listening or not self._started)
+
+    @property
+    def sync_pending(self) -> bool:
+        """A gap was reported and its SyncRequired is not sent yet."""
+        return self._sync_first is not None
 
     @property
     def queued(self) -> int:
@@ -244,6 +252,7 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
                 self._gap = False
                 self._outbox.append(self._gap_notice)
             batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            self._sending = True
             try:
                 pipe = self._publisher.pipeline(transaction=False)
                 for message in batch:
@@ -252,6 +261,8 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
                 await bounded(pipe.execute(), PUBLISH_WAIT_S, self._lingering)
             except Exception as exc:  # noqa: BLE001 - any failure means the others did not hear
                 await self._publisher_lost(exc, batch)
+            finally:
+                self._sending = False
 
     async def _publisher_lost(self, exc: BaseException, batch: list[dict[str, Any] | str]) -> None:
         """Drop what is queued, count it, and wait for Redis with one probe at a time."""
@@ -387,8 +398,16 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
     async def ping(self) -> None:
         await self._publisher.ping()
 
-    async def close(self) -> None:
-        """Stop listening and publishing, and close both Redis clients (app shutdown)."""
+    async def close(self, flush_s: float = CLOSE_FLUSH_S) -> None:
+        """Stop listening and publishing, and close both Redis clients (app shutdown).
+
+        What is still queued (the goodbyes of the sockets just closed: users
+        going offline) gets up to `flush_s` to reach the other instances.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_s
+        while (self._outbox or self._sending) and not self._publish_down and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         thread = getattr(self, "thread", None)
         for task in [*self._tasks, *([thread] if thread is not None else [])]:
             task.cancel()

@@ -249,14 +249,18 @@ class ChatNamespace(socketio.AsyncNamespace):
         behind a load balancer).
         """
         self._draining = True
+        deadline = asyncio.get_running_loop().time() + grace_s
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, grace_s - SOCKET_CLOSE_S))
         except TimeoutError:
             logger.warning("shutdown: %d calls still running after the grace", self._in_flight)
         server = self.server
-        closing = list(server.eio.sockets)  # every engine.io session: docs/internals.md#eiosockets
+        closing = list(server.eio.sockets)
         for eio_sid in closing:
             server.cut_off(eio_sid)
+        # Their disconnects say goodbye (presence) before the app goes on closing.
+        remaining = deadline - asyncio.get_running_loop().time()
+        await server.cut_off_settled(max(0.1, min(SOCKET_CLOSE_S, remaining)))
         logger.info("shutdown: %d sockets closed", len(closing))
 
     async def close(self) -> None:

@@ -210,6 +210,12 @@ class HubServer(socketio.AsyncServer):
     # Private hook (python-socketio 5.18.1): engine.io's "disconnect" handler; the
     # namespace's disconnect runs only for sockets that joined it.
     # docs/internals.md#asyncserver_handle_eio_disconnect
+    async def cut_off_settled(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) for the sessions cut off to finish closing: their
+        disconnect handlers (presence, goodbyes to the other instances) have run."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout_s)
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
         self._complained.discard(eio_sid)

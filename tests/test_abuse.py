@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from tests.support import (
+    eventually,
     Connect,
     RawSocket,
     Serve,
@@ -47,13 +48,6 @@ async def metric(url: str, line_start: str) -> float:
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-async def eventually(what: str, check, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
-        await asyncio.sleep(0.1)
 
 
 class StubbornReader:
@@ -133,10 +127,11 @@ async def test_a_reader_that_never_reads_is_cut_off_at_its_buffer(
                 break  # cut off already
             await asyncio.sleep(0.02)
         await eventually(
-            "the slow consumer to be cut off",
             lambda: metric(served.url, 'chat_sessions_cut_off_total{why="slow consumer"}'),
+            "the slow consumer to be cut off",
+            10,
         )
-        await eventually("its connection to close", _async(stubborn.closed), 5)
+        await eventually(_async(stubborn.closed), "its connection to close", 5)
         grew_mib = (rss_kib(served.proc.pid) - before) / 1024
         # Its buffer (1 MiB), what sits in the kernel and one page being encoded: not 1.4 GB.
         assert grew_mib < 48, f"RSS grew {grew_mib:.0f} MiB"
@@ -213,7 +208,7 @@ async def test_sessions_that_never_authenticate_free_their_descriptors_at_the_de
         async def released() -> bool:
             return open_fds(served.proc.pid) <= baseline + 5
 
-        await eventually("the idle sessions' descriptors to be released", released, 8)
+        await eventually(released, "the idle sessions' descriptors to be released", 8)
         assert time.monotonic() - started < 3 + 1.5  # the deadline plus at most a second
         for raw in sockets[:5]:
             assert await raw.receive(timeout=2) is None  # the TCP connection, not just CLOSE

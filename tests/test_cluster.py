@@ -9,7 +9,6 @@ and after a part dies, nothing lost.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import socketio
 from app.devcluster import nginx_config
 from handlers.backplane import CHANNEL, SYNC_SETTLE_S
 from tests.support import (
+    eventually,
     EVENT_TIMEOUT_S,
     SECRET,
     ChatClient,
@@ -84,22 +83,6 @@ async def metric(served: Served, name: str) -> float:
 async def ready(url: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http, http.get(url + "/readyz") as r:
         return r.status, await r.json()
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
-) -> float:
-    """Poll `check` (plain or async) until true; the seconds it took."""
-    started = time.monotonic()
-
-    async def holds() -> bool:
-        result = check()
-        return bool(await result) if inspect.isawaitable(result) else bool(result)
-
-    while not await holds():
-        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s} s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def sync_all(client: ChatClient, cursor: str) -> list[str]:
@@ -207,9 +190,12 @@ async def test_two_devices_on_two_instances_make_one_online_and_one_offline(
         for observer in (carol, dave):
             await eventually(
                 lambda o=observer: statuses(o, "alice").count("Offline") >= rounds,
-                EVENT_TIMEOUT_S, f"{observer.user} hearing alice go offline (round {rounds})",
+                f"{observer.user} hearing alice go offline (round {rounds})",
+                EVENT_TIMEOUT_S,
             )
-    await asyncio.sleep(0.5)  # anything extra would have arrived by now
+    # Whatever else was sent to them has arrived once a notice sent now has.
+    await flush(carol, via=dave)
+    await flush(dave, via=carol)
     for observer in (carol, dave):
         assert statuses(observer, "alice") == ["Online", "Offline"] * rounds, observer.user
     assert await carol.ok("GetOnlineStatus", "alice") is False
@@ -232,14 +218,15 @@ async def test_a_killed_instance_takes_its_users_offline_and_nothing_is_missed(
             await asyncio.sleep(0.02)
 
     writing = asyncio.ensure_future(carol_keeps_writing())
-    await asyncio.sleep(0.4)
+    await eventually(lambda: len(sent) >= 10, "carol writing before the kill")
     cluster.b.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     await writing
 
     took = await eventually(
         lambda: statuses(carol, "alice") == ["Online", "Offline"],
-        TTL_S + 2, "alice shown offline after her instance died",
+        "alice shown offline after her instance died",
+        TTL_S + 2,
     )
     assert time.monotonic() - killed_at <= TTL_S + 2, took
     assert await carol.ok("GetOnlineStatus", "alice") is False
@@ -265,7 +252,8 @@ async def test_a_deploy_sigterm_moves_users_to_the_other_instance(
     stopped = time.monotonic()
     await eventually(
         lambda: statuses(carol, "alice") == ["Online", "Offline"],
-        TTL_S - 1, "alice shown offline after her instance stopped",  # sooner than a crash
+        "alice shown offline after her instance stopped",
+        TTL_S - 1,  # sooner than a crash
     )
     assert await asyncio.to_thread(cluster.b.proc.wait, 10) == 0
     assert time.monotonic() - stopped < 5
@@ -297,22 +285,22 @@ async def test_redis_dies_and_returns_nothing_is_lost(cluster: Cluster, connect:
             await asyncio.sleep(0.01)
 
     streaming = asyncio.ensure_future(alice_streams())
-    await asyncio.sleep(0.5)
+    await eventually(lambda: len(acked) >= 10, "alice streaming before Redis dies")
     cluster.redis.kill()
     killed_with = len(acked)
-    await asyncio.sleep(1.5)
-    assert len(acked) > killed_with + 20, "sends stalled while Redis was away"
+    await eventually(
+        lambda: len(acked) > killed_with + 20, "sends going on while Redis is away", 3
+    )
     status, body = await ready(cluster.a.url)
     assert status == 200 and body["checks"]["redis"] == "unreachable"
     await cluster.redis.start()  # same port, empty: nothing of before survives
     restarted = time.monotonic()
-    await asyncio.sleep(0.5)
 
     # Cross-instance delivery resumes: a message sent now arrives live.
     async def delivered_live() -> bool:
         return bool(acked) and acked[-1] in {a[2] for a in bob.named("ReceiveMessage")}
 
-    await eventually(delivered_live, 10, "live delivery across instances after Redis returned")
+    await eventually(delivered_live, "live delivery across instances after Redis returned", 10)
     assert time.monotonic() - restarted < 10
     stop.set()
     await streaming
@@ -327,12 +315,12 @@ async def test_redis_dies_and_returns_nothing_is_lost(cluster: Cluster, connect:
     assert missed_live, "Redis died and every message still arrived live: the test proves nothing"
     # Presence came back too: both users online in the cluster's view again.
     await eventually(
-        lambda: _ok_equals(alice, "GetOnlineUsers", ["alice", "bob"]), 5, "presence re-asserted"
+        lambda: _ok_equals(alice, "GetOnlineUsers", ["alice", "bob"]), "presence re-asserted", 5
     )
     assert await metric(cluster.a, "chat_backplane_publish_failures_total") > 0
     assert await metric(cluster.b, "chat_backplane_reconnects_total") >= 1
     for served in (cluster.a, cluster.b):
-        await eventually(lambda s=served: _redis_ok(s), 5, "/readyz saying Redis is ok again")
+        await eventually(lambda s=served: _redis_ok(s), "/readyz saying Redis is ok again", 5)
 
 
 async def _redis_ok(served: Served) -> bool:
@@ -366,7 +354,11 @@ async def test_the_typed_client_catches_up_by_itself_after_redis_returns(
     try:
         await says("ready")
         cluster.redis.kill()
-        await asyncio.sleep(0.3)
+
+        async def redis_away() -> bool:
+            return not await _redis_ok(cluster.a)
+
+        await eventually(redis_away, "instance a noticing Redis is gone")
         await tell("down")
         await says("sent 5")
         await cluster.redis.start()
@@ -393,12 +385,14 @@ async def test_the_listener_survives_redis_dropping_its_clients(
         await cluster.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
         await bob.wait_for("SyncRequired", n + 1)
 
-        async def heard(n: int = n) -> bool:
-            message_id = await alice.ok("SendMessage", "alice", "bob", f"after kill {n}")
-            await asyncio.sleep(0.2)
-            return message_id in {a[2] for a in bob.named("ReceiveMessage")}
+        sent: list[str] = []
 
-        await eventually(heard, 10, f"delivery after the listener was dropped ({n + 1})")
+        async def heard(n: int = n, sent: list[str] = sent) -> bool:
+            # A new message each poll: any of them arriving means the listener hears again.
+            sent.append(await alice.ok("SendMessage", "alice", "bob", f"after kill {n}"))
+            return bool(set(sent) & {a[2] for a in bob.named("ReceiveMessage")})
+
+        await eventually(heard, f"delivery after the listener was dropped ({n + 1})", 10)
     assert await metric(cluster.b, "chat_backplane_reconnects_total") >= 3
 
 
@@ -519,7 +513,7 @@ async def test_a_users_budgets_hold_across_instances_for_calls_rest_and_sockets(
         except socketio.exceptions.ConnectionError:
             return False
 
-    await eventually(reconnects_on_b, 5, "a place freed on a being taken on b")
+    await eventually(reconnects_on_b, "a place freed on a being taken on b", 5)
 
 
 # -- a frozen Redis ----------------------------------------------------------------------------
@@ -550,28 +544,32 @@ async def test_a_frozen_redis_never_slows_a_send_and_each_socket_hears_sync_requ
             else:
                 failures.append(reply)
             n += 1
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pace: ten sends a second per sender
 
     sending = [asyncio.ensure_future(keep_sending(i)) for i in range(pairs)]
-    await asyncio.sleep(1.0)
+    await eventually(lambda: all(len(a) >= 3 for a in acked), "every sender under way")
     assert own_redis.proc is not None
     own_redis.proc.send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
-        await asyncio.sleep(6.0)
+        await asyncio.sleep(6.0)  # the fault's length, not a wait for anything
     finally:
         own_redis.proc.send_signal(signal.SIGCONT)
     thawed_at = time.monotonic()
 
     # Delivery across instances resumes: a message sent now arrives live.
-    async def delivered_live() -> bool:
-        message_id = await senders[0].ok("SendMessage", "s0", "r0", "are you there")
-        acked[0].append(message_id)
-        await asyncio.sleep(0.1)
-        return message_id in {args[2] for args in receivers[0].named("ReceiveMessage")}
+    probes: list[str] = []
 
-    resumed = await eventually(delivered_live, 5, "live delivery after Redis answered again")
-    await asyncio.sleep(1.0)
+    async def delivered_live() -> bool:
+        probes.append(await senders[0].ok("SendMessage", "s0", "r0", "are you there"))
+        acked[0].append(probes[-1])
+        return bool(set(probes) & {args[2] for args in receivers[0].named("ReceiveMessage")})
+
+    resumed = await eventually(delivered_live, "live delivery after Redis answered again", 5)
+    after = [len(a) for a in acked]
+    await eventually(
+        lambda: all(len(a) >= n + 3 for a, n in zip(acked, after)), "every sender going on after"
+    )
     stop.set()
     await asyncio.gather(*sending)
 
@@ -592,9 +590,16 @@ async def test_a_frozen_redis_never_slows_a_send_and_each_socket_hears_sync_requ
     # One SyncRequired per socket for the one outage, not one per publish in flight.
     everyone = senders + receivers
     await eventually(
-        lambda: all(c.named("SyncRequired") for c in everyone), 10, "SyncRequired on every socket"
+        lambda: all(c.named("SyncRequired") for c in everyone), "SyncRequired on every socket", 10
     )
-    await asyncio.sleep(3 * SYNC_SETTLE_S)  # a second one would have come by now
+
+    async def settled() -> bool:  # no instance has a SyncRequired still to send
+        return all([await metric(s, "chat_sync_required_pending") == 0 for s in (a, b)])
+
+    await eventually(settled, "both instances done with SyncRequired", 5 * SYNC_SETTLE_S)
+    for sender, receiver in zip(senders, receivers):  # what was sent before has arrived
+        await flush(receiver, via=sender)
+        await flush(sender, via=receiver)
     counts = {c.user: len(c.named("SyncRequired")) for c in everyone}
     assert set(counts.values()) == {1}, counts
     print(
@@ -643,12 +648,13 @@ async def test_presence_stays_in_order_when_one_user_races_across_instances(
         # announcement may still be on its way (through Redis) to the other.
         first, second = (a, b) if n % 2 else (b, a)
         await asyncio.gather(visit(first, 0), visit(second, (n % 5) * 0.001))
-        await eventually(alice_offline, EVENT_TIMEOUT_S, f"alice offline after round {n}")
+        await eventually(alice_offline, f"alice offline after round {n}", EVENT_TIMEOUT_S)
         for watcher in watchers:
             # Her last change is Offline: it reaches each watcher, and is the last word...
             await eventually(
-                lambda w=watcher: statuses(w, "alice")[-1:] == ["Offline"], EVENT_TIMEOUT_S,
+                lambda w=watcher: statuses(w, "alice")[-1:] == ["Offline"],
                 f"round {n}: {watcher.user} showing alice offline (heard {statuses(watcher, 'alice')})",
+                EVENT_TIMEOUT_S,
             )
             # ...and stays it: an Online still on its way would arrive before these.
             for peer in peers:

@@ -19,7 +19,7 @@ from app.cluster import ALIVE_PREFIX, redis_client
 from handlers.limits import (
     BUDGET_PREFIX, PROBE_EVERY_S, REDIS_AWAY_S, REDIS_WAIT_S, ClusterBudgets, TOO_MANY_CONNECTS,
 )
-from tests.support import OwnRedis
+from tests.support import OwnRedis, eventually
 
 Instance = Callable[..., ClusterBudgets]
 
@@ -49,13 +49,6 @@ async def alive(own_redis: OwnRedis, *names: str) -> None:
 async def sockets_in_redis(own_redis: OwnRedis, user: str) -> set[str]:
     members = await own_redis.command("SMEMBERS", f"{BUDGET_PREFIX}sockets:{user}")
     return {m.decode() for m in members}
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_users_call_budget_is_one_across_instances(instance: Instance) -> None:
@@ -129,7 +122,7 @@ async def test_without_redis_each_instance_counts_alone_and_reasserts_when_it_re
     await a.release("alice", "s1")
     await own_redis.start()  # empty: what Redis knew is gone
     await alive(own_redis, "a", "b")
-    await eventually(lambda: a.redis_ok, PROBE_EVERY_S * 4 + 2, "a noticing Redis is back")
+    await eventually(lambda: a.redis_ok, "a noticing Redis is back", PROBE_EVERY_S * 4 + 2)
     assert await sockets_in_redis(own_redis, "alice") == {"a\ts3", "a\ts4"}
     # b asked nothing while Redis was away; its heartbeat finds that Redis forgot it.
     assert b.redis_ok
@@ -167,10 +160,10 @@ async def test_a_frozen_redis_costs_a_call_at_most_the_bound_and_soon_nothing(
             assert not await a.spend_call(f"v{i}")
         per_call = (time.monotonic() - started) / 500
         assert per_call < 0.002, f"{per_call * 1000:.2f} ms per check while Redis is away"
-        await asyncio.sleep(2.0)  # the probe keeps trying meanwhile
+        await asyncio.sleep(2.0)  # the freeze goes on (a fault's length): the probe keeps trying
     finally:
         own_redis.proc.send_signal(signal.SIGCONT)
-    await eventually(lambda: a.redis_ok, PROBE_EVERY_S * 4 + 2, "a noticing Redis answers again")
+    await eventually(lambda: a.redis_ok, "a noticing Redis answers again", PROBE_EVERY_S * 4 + 2)
     # One probe at a time: a handful of PINGs over the freeze, not one per failed call.
     stats = await own_redis.command("INFO", "commandstats")
     pings = stats.get("cmdstat_ping", {}).get("calls", 0)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from app.cluster import ClusterPresence, redis_client
 from app.domain import Notice, PresenceChanged
 from app.presence import Audience
-from tests.support import OwnRedis
+from tests.support import OwnRedis, eventually
 
 Instance = Callable[..., ClusterPresence]
 
@@ -68,14 +68,20 @@ async def test_a_second_device_says_nothing(instance: Instance) -> None:
 
 
 async def test_a_dead_instance_is_reaped_once_and_comes_back_if_it_was_only_slow(
-    instance: Instance,
+    instance: Instance, own_redis: OwnRedis
 ) -> None:
     a, b, c = instance("a", ttl_s=1), instance("b", ttl_s=1), instance("c", ttl_s=1)
     for i in (a, b, c):
         await i.maintain()
     await a.connect("alice", "s1")
     await b.connect("bob", "s2")
-    await asyncio.sleep(1.3)  # no heartbeats: all three look dead now
+    # No heartbeats: once their keys expire in Redis, all three look dead.
+    alive = [f"chat:presence:alive:{name}" for name in ("a", "b", "c")]
+
+    async def all_expired() -> bool:
+        return await own_redis.command("EXISTS", *alive) == 0
+
+    await eventually(all_expired, "the three heartbeats expiring", 3)
     # b and c come back at once; each re-asserts itself and reaps whoever still looks dead.
     reaped = await asyncio.gather(b.maintain(), c.maintain())
     # alice went offline once, announced by whichever survivor reaped a first; bob stayed.
