@@ -90,7 +90,7 @@ class Batch:
         self.group_sends: dict[int, groups.GroupSend] = {}
         self.group_state: dict[str, Any] = {}
 
-    def of(self, kind: type) -> list[tuple[int, Any]]:
+    def of(self, kind: type | tuple[type, ...]) -> list[tuple[int, Any]]:
         """The writes of one kind, with their index."""
         return [(i, w) for i, w in enumerate(self.writes) if isinstance(w, kind)]
 

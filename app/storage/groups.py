@@ -597,17 +597,17 @@ async def move_positions(batch: Batch) -> None:
     valid: list[_Move] = []
     for move in moves:
         member = members.get((move.group_id, move.user_id))
-        message = receipts.get(move.index)
+        received = receipts.get(move.index)
         if move.group_id not in groups:
             batch.answer(move.index, NotFound("no such group"))
         elif member is None or not member["active"]:
             batch.answer(
                 move.index,
-                ReceiptOutcome(ReceiptResult.NOT_RECEIVER) if message is not None
+                ReceiptOutcome(ReceiptResult.NOT_RECEIVER) if received is not None
                 else Forbidden("you are not a member of this group"),
             )
-        elif message is not None and (
-            message.sender_id == move.user_id or message.row <= int(member["joined_row"])
+        elif received is not None and (
+            received.sender_id == move.user_id or received.row <= int(member["joined_row"])
         ):
             batch.answer(move.index, ReceiptOutcome(ReceiptResult.NOT_RECEIVER))
         else:

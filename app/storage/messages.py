@@ -219,8 +219,8 @@ async def load_receipts(batch: Batch) -> None:
             f"SELECT {MESSAGE_COLUMNS} FROM chat_message WHERE uuid IN ({marks(len(chunk))})",
             chunk,
         ):
-            message = message_from_row(row)
-            by_id[message.id] = message
+            loaded = message_from_row(row)
+            by_id[loaded.id] = loaded
     moves = batch.direct
     for i, receipt in receipts:
         message = by_id.get(receipt.message_id)
@@ -347,12 +347,20 @@ async def insert(batch: Batch, new: list[tuple[int, NewMessage]]) -> list[tuple[
     # decides idempotency in the same statement, even inside one batch.
     await batch.execute(batch.sql.upsert("chat_message", columns, "id", len(new), ()), params)
     batch.witness(_inserted(uuids), exact=True)
-    stored_rows = {
-        str(row["uuid"]): message_from_row(row)
+    # Only the row ids come back: the rest of each stored message is what was sent.
+    rows_of = {
+        str(row["uuid"]): int(row["id"])
         for row in await batch.query(
-            f"SELECT {MESSAGE_COLUMNS} FROM chat_message WHERE uuid IN ({marks(len(uuids))})",
-            uuids,
+            f"SELECT id, uuid FROM chat_message WHERE uuid IN ({marks(len(uuids))})", uuids
         )
+    }
+    stored_rows = {
+        uid: ChatMessage(
+            rows_of[uid], uid, w.sender_id, w.receiver_id, w.text, Status.SENT, created_at,
+            w.client_message_id, seq, w.group_id,
+        )
+        for (_, w), uid in zip(new, uuids)
+        if uid in rows_of
     }
     repeats = [w for (_, w), uid in zip(new, uuids) if uid not in stored_rows]
     earlier = await _by_client_id(batch, repeats)
