@@ -93,6 +93,10 @@ async def test_create_group_makes_the_caller_its_one_admin_and_tells_every_membe
     assert dave.named("GroupChanged") == []
     assert await bob.ok("GetGroup", group["id"]) == group
     assert await carol.ok("GetGroup", group["id"]) == group
+    # Members are named by their latest display name.
+    await bob.ok("RegisterUser", "Robert")
+    named = await carol.ok("GetGroup", group["id"])
+    assert {m["userId"]: m["name"] for m in named["members"]}["bob"] == "Robert"
 
 
 async def test_create_group_cleans_the_title_and_accepts_a_group_of_one(
@@ -264,6 +268,15 @@ async def test_adding_past_the_size_limit_adds_nobody(
     # Members already in do not count against the limit.
     assert (await alice.ok("AddGroupMembers", gid, ["bob", "dave", "dave"]))["memberCount"] == 4
     assert await alice.error("AddGroupMembers", gid, ["erin"]) == "invalid_argument"
+
+    # Two adds racing for the last place: one gets it, the other adds nobody.
+    await alice.ok("RemoveGroupMember", gid, "dave")
+    racing = await asyncio.gather(
+        alice.call("AddGroupMembers", gid, ["erin"]), alice.call("AddGroupMembers", gid, ["frank"])
+    )
+    assert sorted(r["ok"] for r in racing) == [False, True], racing
+    assert {r["error"]["code"] for r in racing if not r["ok"]} == {"invalid_argument"}
+    assert (await alice.ok("GetGroup", gid))["memberCount"] == 4
 
 
 # -- RemoveGroupMember -----------------------------------------------------------------------
@@ -544,6 +557,8 @@ async def test_group_history_is_newest_first_paged_and_starts_at_the_last_join(
     await alice.ok("AddGroupMembers", gid, ["carol"])
     latest = await bob.ok("SendGroupMessage", gid, "welcome back")
     assert ids(await carol.ok("GetGroupHistory", gid)) == [latest]
+    (entry,) = await carol.ok("GetConversations")
+    assert (entry["id"], entry["unreadCount"], entry["previewMessage"]) == (gid, 1, "welcome back")
 
     before = await db_state()
     assert await eve.error("GetGroupHistory", gid) == "forbidden"
@@ -587,8 +602,6 @@ async def test_mark_group_read_counts_moves_the_position_and_tells_the_other_dev
     assert await alice.ok("MarkGroupRead", gid) == 2
     assert sorted(await carol.wait_for("MessageStatusChanged")) == [(m2, "read")]
     assert sorted(await bob.wait_for("MessageStatusChanged")) == [(m3, "read")]
-    history = await eve.call("GetGroupHistory", gid)
-    assert history["ok"] is False
     assert {m["status"] for m in await alice.ok("GetGroupHistory", gid)} == {"read"}
 
     before = await db_state()
@@ -898,6 +911,12 @@ async def test_sync_covers_group_messages_and_changes_with_one_cursor(
     assert "after carol" not in [m["text"] for m in page["messages"]]
     page = await bob.ok("Sync", after_changes)
     assert [m["text"] for m in page["messages"]][-1] == "after carol"
+    assert [g["id"] for g in page["groups"]] == [gid]
+
+    # A later joiner's Sync: the group, and what was said since he joined.
+    dave = await connect(server, "dave")
+    page = await dave.ok("Sync", None)
+    assert [m["text"] for m in page["messages"]] == ["after carol"]
     assert [g["id"] for g in page["groups"]] == [gid]
 
     # Pages of one miss nothing: the same messages, groups and final state as one page.
