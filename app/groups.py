@@ -165,9 +165,12 @@ class GroupService:
         return member
 
     def _user_ids(self, values: list[object], name: str) -> tuple[str, ...]:
-        if len(values) > self._max_size:
+        # Duplicates are ignored before the size is counted, as the protocol says. The
+        # list itself is bounded by the packet size limit, so checking each id is cheap.
+        distinct = tuple(dict.fromkeys(check_user_id(v, f"{name}[]") for v in values))
+        if len(distinct) > self._max_size:
             raise InvalidArgument(f"{name} must hold at most {self._max_size} user ids")
-        return tuple(dict.fromkeys(check_user_id(v, f"{name}[]") for v in values))
+        return distinct
 
 
 def _told(changed: Changed) -> Outcome[Group]:

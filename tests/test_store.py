@@ -9,8 +9,12 @@ import pytest
 
 from app.config import Config
 from app.storage.db import Database
-from app.domain import START, Status
+from app.domain import START, ChatMessage, Group, Status, SyncPage
 from app.errors import Unavailable
+from app.groups import GroupService
+from app.metrics import Metrics
+from app.presence import Audience, LocalPresence
+from app.service import ChatService
 from app.storage.messages import ReceiptOutcome, ReceiptResult
 from app.storage.store import Storage
 from models import Conversation, Message
@@ -147,3 +151,110 @@ async def test_sync_never_skips_across_concurrent_batches(store) -> None:
     final, _ = await s.changes.changes("reader", START, 500)
     assert sorted(m.id for m in final) == sorted(stored)
     assert {m.id for m in final if m.status is Status.DELIVERED} == set(receipts)
+
+
+async def test_sync_with_groups_never_skips_across_concurrent_writers(store) -> None:
+    """Direct and group messages, receipts that move statuses and aggregates, and group
+    changes, all written concurrently while the reader pages through Sync with a small
+    limit: every change once, in order, nothing skipped, every group's last state."""
+    s, _, batches = store
+    metrics = Metrics()
+    chat = ChatService(s, LocalPresence(Audience("contacts", s.conversations)), metrics)
+    groups = GroupService(s, metrics, 1000)
+    people = ["reader", "g0", "g1", "g2"]
+    gids = [
+        (await groups.create(f"g{k}", f"group {k}", [p for p in people if p != f"g{k}"], None)).value.id
+        for k in range(3)
+    ]
+    stored: set[str] = set()
+    writing = asyncio.Event()
+    pages: list[SyncPage] = []
+    read_while_writing = 0
+
+    async def direct_writer(w: int, n: int) -> None:
+        for i in range(n):
+            mid = (await chat.send_message(f"d{w}", f"d{w}", "reader", f"d{w}-{i}")).value
+            stored.add(mid)
+            if i % 3 == 0:
+                await chat.mark_status("reader", mid, Status.DELIVERED)
+            if i % 4 == 1:
+                reply = (await chat.send_message("reader", "reader", f"d{w}", f"re {i}")).value
+                stored.add(reply)
+                await chat.mark_status(f"d{w}", reply, Status.READ)
+
+    async def group_writer(k: int, n: int) -> None:
+        gid = gids[k]
+        for i in range(n):
+            mid = (await groups.send(f"g{k}", gid, f"g{k}-{i}", None)).value
+            stored.add(mid)
+            await chat.mark_status(f"g{(k + 1) % 3}", mid, Status.READ if i % 2 else Status.DELIVERED)
+            if i % 5 == 4:
+                await groups.mark_read(f"g{(k + 2) % 3}", gid)
+            if i % 3 == 2:
+                await chat.mark_status("reader", mid, Status.READ)
+
+    async def membership_writer(n: int) -> None:
+        for i in range(n):
+            await groups.rename("g0", gids[0], f"group 0, take {i}")
+            await groups.add_members("g1", gids[1], [f"x{i}"])
+            if i % 2:
+                await groups.remove_member("g1", gids[1], f"x{i - 1}")
+
+    async def reader() -> None:
+        nonlocal read_while_writing
+        cursor: str | None = None
+        while True:
+            finished = not writing.is_set()
+            page = await chat.sync("reader", cursor, 5)
+            pages.append(page)
+            read_while_writing += bool(page.messages) and not finished
+            cursor = page.cursor.encode()
+            if finished and not page.has_more:
+                return
+            await asyncio.sleep(0)  # a yield, so the writers' batches interleave with the pages
+
+    async def writers() -> None:
+        try:
+            await asyncio.gather(
+                *(direct_writer(w, 16) for w in range(3)),
+                *(group_writer(k, 16) for k in range(3)),
+                membership_writer(8),
+            )
+        finally:
+            writing.clear()
+
+    writing.set()
+    await asyncio.gather(writers(), reader())
+
+    assert max(batches) > 1, "writers overlapped, so some batches held several writes"
+    assert read_while_writing > 10, "the reader did not page while the writers wrote"
+    seen: list[ChatMessage] = [m for page in pages for m in page.messages]
+    positions = [(m.change_seq, m.row) for m in seen]
+    assert positions == sorted(positions), "Sync went back in the change order"
+    assert len(set(positions)) == len(positions), "a change came twice"
+    assert {m.id for m in seen} == stored, "a message was skipped (or one not the reader's came)"
+    # What the reader saw last of each message is what it is now.
+    final: dict[str, Status] = {}
+    cursor: str | None = None
+    while True:
+        page = await chat.sync("reader", cursor, 500)
+        final.update((m.id, m.status) for m in page.messages)
+        cursor = page.cursor.encode()
+        if not page.has_more:
+            break
+    assert {m.id: m.status for m in seen} == final
+    assert Status.READ in {m.status for m in seen if m.group_id is not None}, "no aggregate moved"
+    # Every group the reader is in, as it is now, was the last the reader saw of it.
+    last_seen: dict[str, Group] = {}
+    for page in pages:
+        last_seen.update((g.id, g) for g in page.groups)
+    assert last_seen == {gid: await s.groups.group(gid) for gid in gids}
+    assert last_seen[gids[0]].title == "group 0, take 7"
+
+    # Leaving is a change of the group the reader sees, once, without them in it.
+    await groups.remove_member("reader", gids[2], "reader")
+    page = await chat.sync("reader", pages[-1].cursor.encode(), 5)
+    assert [g.id for g in page.groups] == [gids[2]]
+    assert "reader" not in page.groups[0].member_ids and not page.has_more
+    again = await chat.sync("reader", page.cursor.encode(), 5)
+    assert (again.messages, again.groups) == ([], [])
