@@ -192,6 +192,10 @@ class ChatService:
         message, recipients, delivered, read = found
         if message.sender_id != caller:
             raise Forbidden("only the sender sees a message's receipts")
+        if message.group_id is not None:
+            membership = await self._storage.groups.membership(message.group_id, caller)
+            if membership is None or not membership.active:
+                raise Forbidden("you are no longer a member of this message's group")
         if message.group_id is None:
             receiver = message.receiver_id or ""
             return Receipts(

@@ -410,12 +410,6 @@ async def test_a_removed_member_is_forbidden_everywhere_and_hears_nothing_more(
     assert [c["id"] for c in await bob.ok("GetConversations")] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ambiguous: 'a member no longer receives anything of a group once removed', yet the"
-    " aggregate of a message he sent before he went still reaches him (MessageStatusChanged goes"
-    " to the sender, member or not); decide whether a sender's own receipts outlive membership",
-)
 async def test_a_sender_who_left_hears_nothing_of_his_messages_aggregate(
     server: TestServer, connect: Connect
 ) -> None:
@@ -429,6 +423,8 @@ async def test_a_sender_who_left_hears_nothing_of_his_messages_aggregate(
 
     await flush(bob, via=alice)
     assert bob.named("MessageStatusChanged") == []
+    # "A former member gets forbidden from its methods": the receipts of the group too.
+    assert await bob.error("GetMessageReceipts", mid) == "forbidden"
 
 
 # -- RenameGroup --------------------------------------------------------------------------------

@@ -687,7 +687,9 @@ async def _aggregates(
     moved: dict[str, list[ChatMessage]] = {}
     for gid, (low, high) in spans.items():
         rows = await batch.query(
-            f"SELECT {MESSAGE_COLUMNS}, read_count, recipient_count FROM chat_message"
+            f"SELECT {MESSAGE_COLUMNS}, read_count, recipient_count, (SELECT active FROM"
+            " chat_group_member gm WHERE gm.group_id = chat_message.group_id"
+            " AND gm.user_id = chat_message.sender_id) AS sender_active FROM chat_message"
             " WHERE pair_key = ? AND id > ? AND id <= ? AND recipient_count > 0"
             " AND ((status < ? AND read_count >= recipient_count)"
             " OR (status < ? AND delivered_count >= recipient_count))",
@@ -708,8 +710,12 @@ async def _aggregates(
                     f"UPDATE chat_message SET status = ?, change_seq = ? WHERE id IN ({marks(len(chunk))})",
                     [int(status), seq, *chunk],
                 )
+        # Stored for everyone; told only to senders still in the group (one who left
+        # hears nothing of it any more).
         moved[gid] = [
-            _with(message_from_row(r), now_status[int(r["id"])], seq) for r in rows
+            _with(message_from_row(r), now_status[int(r["id"])], seq)
+            for r in rows
+            if r["sender_active"]
         ]
     return moved
 
