@@ -379,7 +379,7 @@ class ClusterPresence:
                 online = await bounded(
                     self._redis.smembers(f"{PREFIX}online"), CALL_WAIT_S, self._lingering
                 )
-                return sorted(u.decode() for u in online)
+                return sorted(_text(u) for u in online)
             except Exception as exc:  # noqa: BLE001
                 self._lost(exc)
         return sorted(self._local)
@@ -450,7 +450,7 @@ class ClusterPresence:
 
     async def _reap_dead(self) -> list[Notice]:
         try:
-            instances = [i.decode() for i in await self._redis.smembers(f"{PREFIX}instances")]
+            instances = [_text(i) for i in await self._redis.smembers(f"{PREFIX}instances")]
             others = [i for i in instances if i != self._instance]
             if not others:
                 return []
@@ -495,3 +495,8 @@ class ClusterPresence:
             await self._redis.srem(f"{PREFIX}instances", self._instance)
         except Exception as exc:  # noqa: BLE001 - the others will reap us after the TTL
             logger.warning("presence: could not say goodbye to Redis (%s)", exc)
+
+
+def _text(value: bytes | str) -> str:
+    """A member of a Redis set: bytes from this client (no decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -60,6 +60,7 @@ def create_app(config: Config) -> web.Application:
     presence: Presence
     budgets: Budgets
     if clustered:
+        assert config.redis_url is not None
         app[REDIS] = redis = redis_client(config.redis_url)
         presence = ClusterPresence(
             audience, redis, config.instance_id, config.instance_ttl_s,
@@ -83,6 +84,7 @@ def create_app(config: Config) -> web.Application:
 
     manager: HubManager | RedisHubManager
     if clustered:
+        assert config.redis_url is not None
         manager = app[BACKPLANE] = RedisHubManager(
             config.redis_url,
             on_publish_failure=metrics.publish_failures.inc,
@@ -243,7 +245,7 @@ def _add_angular_app(app: web.Application, root: Path) -> None:
     app.router.add_get(r"/app/{name:[\w.-]+}", asset)
 
 
-def _file(path: Path) -> web.Handler:
+def _file(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def serve(request: web.Request) -> web.FileResponse:
         if not path.is_file():
             raise web.HTTPNotFound(text=f"{path.name} is missing; run `make setup`")

@@ -95,6 +95,10 @@ class _Subscriber(PubSub):  # type: ignore[misc]
 class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
     """The hub's manager across instances."""
 
+    # The library's subscriber client and PubSub, replaced on each retry (_redis_connect).
+    redis: Any
+    pubsub: Any
+
     def __init__(
         self,
         url: str,
@@ -355,8 +359,9 @@ class RedisHubManager(HubManagerMixin, socketio.AsyncRedisManager):  # type: ign
 
     async def _close_subscriber(self) -> None:
         """Close the subscriber and its client: each retry makes new ones."""
-        pubsub, self.pubsub = self.pubsub, None
-        redis, self.redis = self.redis, None
+        pubsub: Any = self.pubsub
+        redis: Any = self.redis
+        self.pubsub, self.redis = None, None
         for closing in (pubsub, redis):
             if closing is None:
                 continue

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
@@ -77,7 +77,7 @@ class HubServer(socketio.AsyncServer):
         self._closing: set[asyncio.Task[None]] = set()
         self._complained: set[str] = set()  # eio sids already logged and being closed
         # The TCP connection each engine.io session is on now (its latest request).
-        self._transports: dict[str, asyncio.BaseTransport] = {}
+        self._transports: dict[str, asyncio.Transport] = {}
         # Sessions that have not joined /chat: eio sid -> client address, and counts.
         self._pending: dict[str, str] = {}
         self._pending_at: Counter[str] = Counter()
@@ -132,7 +132,7 @@ class HubServer(socketio.AsyncServer):
                 self._on_cut_off("never joined /chat")
             self.cut_off(eio_sid)
 
-    def bind_transport(self, eio_sid: str, transport: asyncio.BaseTransport | None) -> None:
+    def bind_transport(self, eio_sid: str, transport: asyncio.Transport | None) -> None:
         if transport is not None:
             self._transports[eio_sid] = transport
 
@@ -226,7 +226,13 @@ class HubServer(socketio.AsyncServer):
             socket.queue.put_nowait(None)  # engine.io's "stop polling": the GET returns empty
 
 
-class HubManagerMixin:
+if TYPE_CHECKING:  # what the mixin is mixed into: the library's async managers
+    from socketio import AsyncManager as _Manager
+else:
+    _Manager = object
+
+
+class HubManagerMixin(_Manager):
     """What the hub needs of python-socketio's manager, local or over Redis.
 
     It tells the hub when a socket is fully connected: the library calls

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 
 from handlers.transport import payload_problem
 
@@ -60,16 +61,13 @@ class PollingGuard(Protocol):
     """What the middleware needs of the hub's server (handlers/engine.py)."""
 
     def protocol_error(
-        self, eio_sid: str, kind: str, answering: asyncio.BaseTransport | None = None
+        self, eio_sid: str, kind: str, answering: asyncio.Transport | None = None
     ) -> None: ...
 
-    def cut_off(self, eio_sid: str, answering: asyncio.BaseTransport | None = None) -> None: ...
+    def cut_off(self, eio_sid: str, answering: asyncio.Transport | None = None) -> None: ...
 
 
-def polling_guard(
-    guard: PollingGuard, max_bytes: int, body_timeout_s: float
-) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
-              Awaitable[web.StreamResponse]]:
+def polling_guard(guard: PollingGuard, max_bytes: int, body_timeout_s: float) -> Middleware:
     """Long-polling POSTs: refused when too large, too slow or not engine.io, before engine.io.
 
     - Larger than a packet may be: 413 at once, session closed. python-engineio

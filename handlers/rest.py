@@ -14,6 +14,7 @@ address's. Over it: 429 with ``Retry-After``, before any other work.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 import logging
 import time
 from collections import OrderedDict
@@ -31,6 +32,8 @@ from handlers.limits import retry_after_s
 from handlers.wire import conversation_dto, group_dto, message_dto
 
 logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIX = "/api/"
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
@@ -100,7 +103,7 @@ def rate_limited(wait_s: float, whose: str) -> web.Response:
 
 
 @web.middleware
-async def api_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(API_PREFIX) or request.method == "OPTIONS":
         return await handler(request)
     app = request.app
@@ -205,6 +208,8 @@ async def dev_token(request: web.Request) -> web.Response:
     if name is not None and not isinstance(name, str):
         raise InvalidArgument("name must be a string")
     user_id = body.get("userId")
+    if not isinstance(user_id, str):
+        raise InvalidArgument("userId must be a string")
     token = request.app[VERIFIER].issue(user_id, name or None, DEV_TOKEN_TTL_S)  # validates user_id
     return web.json_response({"token": token, "userId": user_id})
 
