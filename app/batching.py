@@ -3,7 +3,13 @@
 The shape of Synapse's ``BatchingQueue``: the processor starts on the next
 loop tick with everything queued so far, and keeps going until the queue is
 drained. Batches form from concurrency, not from a timer, so a lone item is
-never delayed; they are bounded in size; and at most one batch is in flight.
+never delayed, and they are bounded in size.
+
+A batch may hand on before it ends: its processor calls ``hand_on()`` when
+the rest of its work is waiting, not working (a COMMIT waiting for the
+disk), and the next batch, formed meanwhile, starts then. At most
+``max_in_flight`` batches run at once (one: each starts when the previous
+has ended).
 """
 
 from __future__ import annotations
@@ -37,16 +43,19 @@ class BatchingQueue(Generic[I, R]):
     def __init__(
         self,
         name: str,
-        process: Callable[[list[I]], Awaitable[Sequence[R | BaseException]]],
+        process: Callable[[list[I], Callable[[], None]], Awaitable[Sequence[R | BaseException]]],
         max_batch: int,
         on_batch: Callable[[int], None] | None = None,
+        max_in_flight: int = 1,
     ) -> None:
         self._name = name
         self._process = process
         self._max_batch = max_batch
         self._on_batch = on_batch
+        self._max_in_flight = max_in_flight
         self._queue: deque[_Entry[I, R]] = deque()
         self._runner: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -90,28 +99,49 @@ class BatchingQueue(Generic[I, R]):
         return len(self._queue)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        in_flight = self._in_flight
         try:
-            while self._queue:
+            while self._queue or in_flight:
+                if not self._queue or len(in_flight) >= self._max_in_flight:
+                    await asyncio.wait(set(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 # Out of the queue means taken: the sweeper no longer sees it.
                 batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
-                try:
-                    outcomes = await self._process([e.item for e in batch])
-                except Exception as exc:  # the whole batch failed: each of its callers hears why
-                    for entry in batch:
-                        _settle(entry.future, exc)
-                    continue
-                except BaseException:  # cancelled mid-batch (shutdown)
-                    for entry in batch:
-                        _settle(entry.future, Interrupted(f"{self._name}: cancelled mid-batch"))
-                    raise
-                for entry, outcome in zip(batch, outcomes, strict=True):
-                    _settle(entry.future, outcome)
+                handed_on = asyncio.Event()
+                task = loop.create_task(self._one(batch, handed_on.set))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                # The next batch forms while this one works; it may start once
+                # this one hands on, or ends.
+                waiting = loop.create_task(handed_on.wait())
+                await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
         finally:
+            for task in list(in_flight):  # cancelled (shutdown): so are the batches running
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
             self._runner = None
             while self._queue:  # cancelled (shutdown) with work still queued
                 _settle(self._queue.popleft().future, Abandoned(f"{self._name}: shut down"))
+
+    async def _one(self, batch: list[_Entry[I, R]], hand_on: Callable[[], None]) -> None:
+        """Run one batch and answer each of its callers."""
+        try:
+            outcomes = await self._process([e.item for e in batch], hand_on)
+        except Exception as exc:  # the whole batch failed: each of its callers hears why
+            for entry in batch:
+                _settle(entry.future, exc)
+            return
+        except BaseException:  # cancelled mid-batch (shutdown)
+            for entry in batch:
+                _settle(entry.future, Interrupted(f"{self._name}: cancelled mid-batch"))
+            raise
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            _settle(entry.future, outcome)
 
     async def close(self, timeout_s: float) -> bool:
         """Shutdown: take nothing new; let the queue drain so every caller gets its answer.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -16,7 +17,9 @@ class Recorder:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+    async def __call__(
+        self, items: list[int], hand_on: Callable[[], None]
+    ) -> list[int | BaseException]:
         self.batches.append(items)
         await self.release.wait()
         await asyncio.sleep(self.delay_s)
@@ -56,7 +59,7 @@ async def test_one_items_error_does_not_fail_its_neighbours() -> None:
 async def test_a_failing_batch_fails_each_of_its_items_and_the_next_batch_runs() -> None:
     calls = 0
 
-    async def flaky(items: list[int]) -> list[int]:
+    async def flaky(items: list[int], hand_on: Callable[[], None]) -> list[int]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -83,3 +86,41 @@ async def test_an_item_not_started_in_time_is_dropped_but_a_started_one_is_await
     work.release.set()
     assert await started == 10
     assert work.batches == [[1]], "the dropped item never reached the database"
+
+
+async def test_a_batch_that_hands_on_lets_the_next_start_and_two_at_most_run() -> None:
+    """The group commit's overlap: the next batch starts when the previous one's COMMIT waits."""
+    running: list[int] = []
+    most = 0
+    gates: dict[int, asyncio.Event] = {}
+
+    async def work(items: list[int], hand_on: Callable[[], None]) -> list[int]:
+        nonlocal most
+        running.append(items[0])
+        most = max(most, len(running))
+        hand_on()  # from here on, only waiting: the next batch may start
+        gates.setdefault(items[0], asyncio.Event())
+        await gates[items[0]].wait()
+        running.remove(items[0])
+        return [i * 10 for i in items]
+
+    queue = BatchingQueue("t", work, max_batch=1, max_in_flight=2)
+    calls = [asyncio.ensure_future(queue.submit(i, 5)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    assert running == [0, 1], "the second started when the first handed on; the third waits"
+    for i in range(4):
+        gates.setdefault(i, asyncio.Event()).set()
+        await asyncio.sleep(0.01)
+    assert [await c for c in calls] == [0, 10, 20, 30]
+    assert most == 2
+
+
+async def test_a_batch_that_does_not_hand_on_runs_alone() -> None:
+    work = Recorder()
+    work.release.clear()
+    queue = BatchingQueue("t", work, max_batch=1, max_in_flight=2)
+    calls = [asyncio.ensure_future(queue.submit(i, 5)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert work.batches == [[0]]
+    work.release.set()
+    assert [await c for c in calls] == [0, 10, 20]

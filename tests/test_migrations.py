@@ -245,8 +245,10 @@ async def _write(config: Config, statements: list[tuple[str, list[Any]]]) -> Non
     sql = Sql(config.dialect)
     link = await driver_for(config.database_url, 5, 5.0).open()
     try:
+        await link.begin(check=True)
         for statement, params in statements:
             await link.execute(sql(statement), params)
+        await link.commit()
     finally:
         await link.close()
 

@@ -15,12 +15,16 @@ A batch runs its steps in one fixed order, whatever arrived in what order:
    batch commits; every writer takes the counter before group rows, so locks
    are always taken in the same order;
 3. membership changes (create, add, remove, rename);
-4. sends whose (sender, clientMessageId) is stored already are answered;
-5. group sends are checked (membership) and counted (recipients);
-6. statuses and read positions move;
-7. new messages are inserted (direct and group), with conversation heads and
-   group counters;
-8. user rows are upserted.
+4. group sends are checked (membership) and counted (recipients);
+5. statuses and read positions move;
+6. new messages are inserted (direct and group), with conversation heads and
+   group counters; a send whose (sender, clientMessageId) is stored already
+   is ignored by the unique key and answered with the first message;
+7. user rows are upserted.
+
+A batch that changed nothing that must stay (only retries and refusals) is
+rolled back rather than committed: nothing of it remains, not even its
+change number.
 
 A step that changes anything Sync can show takes the batch's change number
 (app/storage/changes.py), once per batch. A step that refuses one write (a
@@ -133,8 +137,7 @@ class Batch:
         await messages.load_receipts(self)
         await messages.load_read_alls(self)
         await groups.change_membership(self)
-        new = await messages.not_repeats(self)
-        new = await groups.check_sends(self, new)
+        new = await groups.check_sends(self, self.of(messages.NewMessage))
         await messages.move_statuses(self)
         await groups.move_positions(self)
         await groups.count_sent(self, await messages.insert(self, new))
@@ -142,6 +145,15 @@ class Batch:
         if self.of(Probe):
             await self.hold_changes()  # readiness: wait for the counter's lock as writes do
         return self.outcomes
+
+    def needed(self) -> bool:
+        """Whether the batch changed anything that must stay (else it is rolled back).
+
+        A batch of nothing but retries and refusals took a change number for
+        nothing (its sends were ignored by the unique key): rolling back gives
+        it back, so a refused call changes nothing at all. A probe commits.
+        """
+        return bool(self._witnesses) or bool(self.of(Probe))
 
     async def committed(self, tx: Tx) -> bool:
         """Whether this batch's effects are stored (asked when its COMMIT went unanswered).
@@ -169,8 +181,12 @@ class GroupCommit:
         self._sql = sql
         self._timeout_s = timeout_s
         self._members = members
+        # Two in flight: the next batch runs its statements while the previous
+        # one's COMMIT waits for the disk. Its change number still comes after
+        # the previous one's: taking it waits on the counter's lock, which the
+        # previous batch holds until its COMMIT is done (see changes.py).
         self._queue: BatchingQueue[Write, Any] = BatchingQueue(
-            "writes", self._commit, MAX_BATCH, on_batch=on_batch
+            "writes", self._commit, MAX_BATCH, on_batch=on_batch, max_in_flight=2
         )
 
     async def write(self, write: Write) -> Any:
@@ -199,7 +215,7 @@ class GroupCommit:
     async def cancel(self) -> None:
         await self._queue.cancel()
 
-    async def _commit(self, writes: list[Write]) -> list[Any]:
+    async def _commit(self, writes: list[Write], hand_on: Callable[[], None]) -> list[Any]:
         """One batch: one transaction, every step bounded (app/storage/writer.py).
 
         A COMMIT that got no answer is resolved before anyone is answered:
@@ -207,7 +223,9 @@ class GroupCommit:
         """
         batch = Batch(self._sql, writes, self._members)
         try:
-            outcomes = await self._db.writes.run(batch.run, batch.committed)
+            outcomes = await self._db.writes.run(
+                batch.run, batch.committed, batch.needed, on_commit=hand_on
+            )
         except Exception as exc:
             if not is_storage_failure(exc):
                 raise

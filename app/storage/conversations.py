@@ -12,6 +12,7 @@ stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -143,7 +144,9 @@ class Conversations(Room):
             raise Unavailable("storage is unavailable, try again later") from None
 
     @stored
-    async def _peers_of(self, owners: list[str]) -> list[list[str]]:
+    async def _peers_of(
+        self, owners: list[str], hand_on: Callable[[], None] | None = None
+    ) -> list[list[str]]:
         found: dict[str, list[str]] = {owner: [] for owner in owners}
         for chunk in chunks(list(found)):
             for r in await self._rows(

@@ -297,29 +297,6 @@ def _moved_to(moves: DirectMoves, rows: list[int], seq: int) -> Witness:
     return check
 
 
-async def not_repeats(batch: Batch) -> list[tuple[int, NewMessage]]:
-    """Answer the sends whose (sender, clientMessageId) is stored already; return the rest.
-
-    Looked up before anything is written, so a batch of nothing but repeats
-    (a client retrying after a lost ack) takes no change number and changes
-    nothing. Repeats within the batch, or racing another instance, are left
-    to the unique key (see insert).
-    """
-    new = batch.of(NewMessage)
-    keyed = [w for _, w in new if w.client_message_id is not None]
-    if not keyed:
-        return new
-    earlier = await _by_client_id(batch, keyed)
-    rest = []
-    for i, w in new:
-        first = earlier.get((w.sender_id, w.client_message_id or ""))
-        if first is None:
-            rest.append((i, w))
-        else:
-            batch.answer(i, _repeat(first, w))
-    return rest
-
-
 async def insert(batch: Batch, new: list[tuple[int, NewMessage]]) -> list[tuple[int, ChatMessage]]:
     """Insert new messages and move conversation heads; return the group messages stored.
 
@@ -344,16 +321,20 @@ async def insert(batch: Batch, new: list[tuple[int, NewMessage]]) -> list[tuple[
             w.client_message_id, created_at, seq, recipients,
         ]
     # A repeated (sender, clientMessageId) is ignored by the unique key, which
-    # decides idempotency in the same statement, even inside one batch.
-    await batch.execute(batch.sql.upsert("chat_message", columns, "id", len(new), ()), params)
-    batch.witness(_inserted(uuids), exact=True)
-    # Only the row ids come back: the rest of each stored message is what was sent.
-    rows_of = {
-        str(row["uuid"]): int(row["id"])
-        for row in await batch.query(
+    # decides idempotency in the same statement, even inside one batch. Only
+    # the row ids come back: the rest of each stored message is what was sent.
+    insert = batch.sql.upsert("chat_message", columns, "id", len(new), ())
+    if batch.tx.returning:
+        # A row the key ignored comes back with the first message's uuid, or not at all.
+        inserted = await batch.query(f"{insert} RETURNING id, uuid", params)
+    else:
+        await batch.execute(insert, params)
+        inserted = await batch.query(
             f"SELECT id, uuid FROM chat_message WHERE uuid IN ({marks(len(uuids))})", uuids
         )
-    }
+    rows_of = {str(row["uuid"]): int(row["id"]) for row in inserted}
+    if any(uid in rows_of for uid in uuids):
+        batch.witness(_inserted(uuids), exact=True)
     stored_rows = {
         uid: ChatMessage(
             rows_of[uid], uid, w.sender_id, w.receiver_id, w.text, Status.SENT, created_at,

@@ -40,12 +40,18 @@ T = TypeVar("T")
 
 # Between two attempts to learn an unanswered COMMIT's outcome.
 RESOLVE_RETRY_S = 0.5
+# A write connection used within this is trusted to be alive without a round trip.
+TRUST_IDLE_S = 1.0
 # Closing a connection we gave up on must not hold anything up.
 DISCARD_TIMEOUT_S = 2.0
 
 
 class Tx(Protocol):
     """What a batch's work sees of its transaction."""
+
+    # INSERT ... RETURNING works (SQLite, MariaDB): inserted rows come back in
+    # the same round trip instead of being read back.
+    returning: bool
 
     async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
 
@@ -61,9 +67,12 @@ class Link(Tx, Protocol):
 
     thread_id: int | None  # the server's id for it (MySQL), to kill it with
 
-    async def begin(self) -> None: ...
+    async def begin(self, check: bool) -> None:
+        """Start a transaction; with `check`, by a round trip that proves the link alive."""
 
     async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
 
     def abort(self) -> None:
         """Close at once, without a goodbye to the server."""
@@ -85,7 +94,7 @@ class WriteConnections:
     def __init__(self, driver: Driver, timeout_s: float) -> None:
         self._driver = driver
         self._timeout_s = timeout_s
-        self._idle: list[Link] = []
+        self._idle: list[tuple[Link, float]] = []  # and since when
         # Server threads of connections we gave up on, killed before the next write.
         self._zombies: set[int] = set()
         self._closing = asyncio.Event()
@@ -94,13 +103,16 @@ class WriteConnections:
         self,
         work: Callable[[Tx], Awaitable[T]],
         committed: Callable[[Tx], Awaitable[bool]],
+        needed: Callable[[], bool] = lambda: True,
+        on_commit: Callable[[], None] | None = None,
     ) -> T:
         """Run `work` in a transaction and commit it; return its result once stored.
 
         Raises a storage failure (never stored), or :class:`OutcomeUnknown`
         at shutdown. `committed` answers, on a fresh connection, whether the
         work's effects are stored; it is asked only when the COMMIT went
-        unanswered.
+        unanswered. When `needed` says the work changed nothing that must
+        stay (only retries and refusals), the transaction is rolled back.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
@@ -110,8 +122,13 @@ class WriteConnections:
             async with asyncio.timeout_at(deadline):
                 link = await self._begin()
                 result = await work(link)
-                committing = True
-                await link.commit()
+                if not needed():
+                    await link.rollback()
+                else:
+                    committing = True
+                    if on_commit is not None:
+                        on_commit()  # what is left is the COMMIT's wait: the next batch may start
+                    await link.commit()
         except BaseException as exc:
             if link is not None:
                 self._give_up(link)
@@ -121,19 +138,22 @@ class WriteConnections:
             if await self._resolve(committed):
                 return result
             raise
-        self._idle.append(link)
+        self._idle.append((link, loop.time()))
         return result
 
     async def _begin(self) -> Link:
         """A connection in a new transaction.
 
-        An idle connection may have died since its last batch (the database
-        restarted): nothing was sent on it yet, so a fresh one is tried at once.
+        A connection idle for a while may have died meanwhile (the database
+        restarted): its transaction starts with a round trip that proves it
+        alive (nothing was sent on it yet, so a fresh one is tried at once).
+        One used a moment ago starts its transaction with the batch's first
+        statement: a round trip less per batch under load.
         """
         if self._idle:
-            link = self._idle.pop()
+            link, since = self._idle.pop()
             try:
-                await link.begin()
+                await link.begin(check=asyncio.get_running_loop().time() - since > TRUST_IDLE_S)
                 return link
             except BaseException as exc:
                 self._give_up(link)
@@ -141,7 +161,7 @@ class WriteConnections:
                     raise
         link = await self._link()
         try:
-            await link.begin()
+            await link.begin(check=False)
         except BaseException:
             self._give_up(link)
             raise
@@ -174,10 +194,10 @@ class WriteConnections:
                     link = await self._link()  # kills the old session first, and waits for it
                     # In a transaction of its own: on SQLite BEGIN IMMEDIATE waits
                     # until a stalled writer's transaction is over, one way or the other.
-                    await link.begin()
+                    await link.begin(check=False)
                     stored = await committed(link)
                     await link.commit()
-                self._idle.append(link)
+                self._idle.append((link, asyncio.get_running_loop().time()))
                 logger.warning(
                     "storage: the unanswered COMMIT was %s", "stored" if stored else "not stored"
                 )
@@ -201,7 +221,7 @@ class WriteConnections:
     async def close(self) -> None:
         self._closing.set()
         idle, self._idle = self._idle, []
-        for link in idle:
+        for link, _ in idle:
             try:
                 await asyncio.wait_for(link.close(), DISCARD_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - closing regardless
@@ -212,15 +232,21 @@ class WriteConnections:
 
 
 class MySQLLink:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, returning: bool) -> None:
         self._conn = conn
         self.thread_id: int | None = conn.thread_id()
+        self.returning = returning
 
-    async def begin(self) -> None:
-        await self._conn.begin()
+    async def begin(self, check: bool) -> None:
+        # Autocommit is off: the first statement starts the transaction by itself.
+        if check:
+            await self._conn.begin()
 
     async def commit(self) -> None:
         await self._conn.commit()
+
+    async def rollback(self) -> None:
+        await self._conn.rollback()
 
     async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         from asyncmy.cursors import DictCursor
@@ -263,7 +289,7 @@ class MySQL:
             "password": unquote(parts.password or ""),
             "db": parts.path.lstrip("/"),
             "charset": query.get("charset", "utf8mb4"),
-            "autocommit": True,
+            "autocommit": False,
             "connect_timeout": connect_timeout_s,
             # A lock that cannot be had fails the statement inside the call's time.
             "init_command": f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}",
@@ -272,7 +298,8 @@ class MySQL:
     async def open(self) -> Link:
         import asyncmy
 
-        link = MySQLLink(await asyncmy.connect(**self._options))
+        conn = await asyncmy.connect(**self._options)
+        link = MySQLLink(conn, returning=_has_insert_returning(str(conn.get_server_info())))
         try:
             # Each statement reads what is committed when it runs (not a snapshot
             # from the transaction's first read): a batch reads group state after
@@ -280,6 +307,7 @@ class MySQL:
             # before it committed. (Binary logging then needs ROW or MIXED, the
             # defaults of MySQL 8 and MariaDB.)
             await link.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            await link.commit()
         except BaseException:
             link.abort()
             raise
@@ -298,21 +326,36 @@ class MySQL:
             await asyncio.sleep(0.02)
 
 
+def _has_insert_returning(version: str) -> bool:
+    """MariaDB 10.5 and later answer INSERT ... RETURNING; MySQL does not."""
+    if "mariadb" not in version.lower():
+        return False
+    numbers = version.removeprefix("5.5.5-").split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= (10, 5)
+    except (ValueError, IndexError):
+        return False
+
+
 # -- SQLite ---------------------------------------------------------------------
 
 
 class SQLiteLink:
     thread_id: int | None = None  # SQLite has no server session to kill
+    returning = True  # SQLite 3.35 and later
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
-    async def begin(self) -> None:
+    async def begin(self, check: bool) -> None:
         # IMMEDIATE takes the write lock now: batches are ordered like MySQL's counter lock.
         await self._conn.execute("BEGIN IMMEDIATE")
 
     async def commit(self) -> None:
         await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        await self._conn.execute("ROLLBACK")
 
     async def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in await self._conn.execute_fetchall(statement, list(params))]
