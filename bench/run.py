@@ -28,7 +28,7 @@ its rounds. The connect storm and idle memory run once per target.
 
 Prints one Markdown table (bench/README.md quotes it) and writes every round
 of every target, the machine, the date, the commit and the settings to
-bench/results/<date>-<name>.json.
+bench/results/<date>-<name>.json; `--table FILE` prints a saved run's table again.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from queries import query_times
-from report import loadavg, report, save
+from report import document, loadavg, report, save
 from targets import (
     BENCH,
     ROOT,
@@ -214,7 +215,11 @@ def main() -> int:
     parser.add_argument("--cluster", action="store_true",
                         help="only the cross-instance closed loop (MariaDB and redis-server)")
     parser.add_argument("--name", help="results file name: bench/results/<date>-<name>.json")
+    parser.add_argument("--table", metavar="RESULTS_JSON", help="print the table of a saved run, measure nothing")
     a = parser.parse_args()
+    if a.table:
+        print(report(json.loads(Path(a.table).read_text())))
+        return 0
     if a.quick:
         a.pairs, a.seconds, a.clients, a.rate, a.connects, a.rows = 10, 3, 100, 100, 300, "1000,20000"
         a.members, a.rounds = 100, min(a.rounds, 2)
@@ -235,9 +240,9 @@ def main() -> int:
                 print(f"queries at {rows} rows", file=sys.stderr, flush=True)
                 with database(a.db, f"q{rows}") as db_url:
                     results["queries"][rows] = asyncio.run(query_times(db_url, rows))
-    table = report(results, a, started, load_at_start)
-    path = save(results, a, started, load_at_start, table)
-    print(table)
+    doc = document(results, a, started, load_at_start)
+    path = save(doc)
+    print(report(doc))
     print(f"\nraw results: {path.relative_to(ROOT)}")
     return 0
 
