@@ -30,13 +30,33 @@ if (!port || !SECRET) throw new Error("usage: node bench/relay.mjs PORT SECRET")
 // A room of its own prefix, so a group never shares a room with a user of the same name.
 const groupRoom = (groupId) => `group:${groupId}`;
 
-const senders = new Map(); // direct message id -> sender
-const unreceived = new Map(); // group message id -> {sender, left: recipients yet to acknowledge}
-
-function remember(table, key, value) {
-  table.set(key, value);
-  if (table.size > KEEP_MESSAGES) table.delete(table.keys().next().value);
+// The latest KEEP_MESSAGES / 2 to KEEP_MESSAGES entries, in two generations. Not one Map
+// trimmed from its front: V8 leaves a hole per deleted entry until it rehashes, and
+// finding the oldest key walks all of them, so every send grew slower once the Map was
+// full (the relay lost half its rate within a minute of the benchmark).
+class Recent {
+  constructor(limit) {
+    this.half = limit / 2;
+    this.young = new Map();
+    this.old = new Map();
+  }
+  set(key, value) {
+    if (this.young.size >= this.half) {
+      this.old = this.young;
+      this.young = new Map();
+    }
+    this.young.set(key, value);
+  }
+  get(key) {
+    return this.young.get(key) ?? this.old.get(key);
+  }
+  delete(key) {
+    if (!this.young.delete(key)) this.old.delete(key);
+  }
 }
+
+const senders = new Recent(KEEP_MESSAGES); // direct message id -> sender
+const unreceived = new Recent(KEEP_MESSAGES); // group message id -> {sender, left: recipients yet to acknowledge}
 
 // socket.io passes the ack callback as the last argument when the client asked for one.
 function handler(fn) {
@@ -69,7 +89,7 @@ chat.on("connection", (socket) => {
 
   socket.on("SendMessage", handler((sender, receiver, text, cid = null) => {
     const id = randomUUID();
-    remember(senders, id, sender);
+    senders.set(id, sender);
     const dto = { id, senderId: sender, receiverId: receiver, text, status: "sent", timestamp: "", clientMessageId: cid };
     chat.to(receiver).emit("ReceiveMessage", sender, text, id, "sent", dto);
     socket.to(sender).emit("MessageSent", dto); // the sender's other sockets
@@ -100,7 +120,7 @@ chat.on("connection", (socket) => {
     const members = chat.adapter.rooms.get(room);
     const recipients = members ? members.size - (members.has(socket.id) ? 1 : 0) : 0;
     const id = randomUUID();
-    remember(unreceived, id, { sender: user, left: recipients });
+    unreceived.set(id, { sender: user, left: recipients });
     const dto = {
       id, senderId: user, receiverId: null, groupId, text, status: "sent", timestamp: "", clientMessageId: cid,
     };
