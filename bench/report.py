@@ -118,7 +118,8 @@ def _load_table(r: dict[str, Any], a: argparse.Namespace) -> list[str]:
                          lambda k: f"{r['connect'][k]['seconds']:.1f} ({r['connect'][k]['refused']})"))
     if "idle" in r:
         lines.append(row(f"KiB RSS per idle connection, {a.connects:,} open, fresh process",
-                         lambda k: f"{r['idle'][k]['idle_kib']:.0f}"))
+                         lambda k: f"{r['idle'][k]['idle_kib']:.0f}"
+                         + (f" ({r['idle'][k]['idle_refused']} refused)" if r["idle"][k]["idle_refused"] else "")))
     if "peak_rss_mib" in r:
         lines.append(row("peak RSS MiB", lambda k: f"{r['peak_rss_mib'][k]:.0f}"))
     lines += [
