@@ -19,17 +19,17 @@ U0_MESSAGES = 600
 async def query_times(db_url: str, rows: int) -> dict[str, float]:
     """Seed `rows` messages among 2,000 users, then time the reads a client makes."""
     from app.config import Config
-    from app.storage.db import Database
     from app.metrics import Metrics
     from app.presence import Audience, LocalPresence
     from app.service import ChatService
-    from app.storage.store import MessageStore
+    from app.storage.db import Database
+    from app.storage.store import Storage
 
     config = Config(database_url=db_url, jwt_secret="x" * 40)
     db = Database(config)
     await db.open()
-    store = MessageStore(db, 60, config.dialect)
-    chat = ChatService(store, LocalPresence(Audience(config.presence_scope, store)), Metrics())
+    storage = Storage(db, 60, config.dialect)
+    chat = ChatService(storage, LocalPresence(Audience(config.presence_scope, storage.conversations)), Metrics())
     await seed(db, config.dialect, rows)
     samples: dict[str, list[float]] = {"history": [], "conversations": [], "sync_recent": [], "sync_start": []}
     # A cursor 100 changes before u0's latest: "what did I miss since a minute ago".
@@ -38,7 +38,7 @@ async def query_times(db_url: str, rows: int) -> dict[str, float]:
     # cache, and a first read of any conversation costs page I/O, at any table size.
     for rounds, timed in ((10, False), (30, True)):
         await _query_round(chat, cursor, rounds, samples if timed else None)
-    await store.close()
+    await storage.close()
     await db.close()
     return {k: statistics.median(v) * 1000 for k, v in samples.items()}
 

@@ -36,6 +36,10 @@ def spread(values: list[float], digits: int = 0) -> str:
     return f"{median} ({f.format(min(values))}–{f.format(max(values))})"
 
 
+def median(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "—"
+
+
 def ratio_cell(server: list[float], other: list[float], lower_is_better: bool = False) -> str:
     """The server's median over the target's, and the min-max of the per-round ratios.
 
@@ -63,13 +67,15 @@ def report(doc: dict[str, Any]) -> str:
     lines = [f"{started:%Y-%m-%d %H:%M} UTC, {m['host']}, {m['cores']} cores, database {a.db}, "
              f"commit {doc['git']['commit'][:10]}{' (uncommitted changes)' if doc['git']['dirty'] else ''}; "
              f"load average {m['loadavg_at_start']} at the start, {m['loadavg_at_end']} at the end", ""]
+    if "failed" in r:
+        lines += [f"**The run failed** ({r['failed']}): what follows is what it measured before.", ""]
     if "closed" in r:
         lines += _load_table(r, a)
     if "group" in r:
         lines += ["", *_group_table(r, a)]
     if "cluster" in r:
         lines += _cluster_table(r["cluster"], a)
-    if "queries" in r:
+    if r.get("queries"):
         queries = {int(rows): times for rows, times in r["queries"].items()}  # JSON keys are strings
         sizes = sorted(queries)
         lines += ["", "| query (median ms) | " + " | ".join(f"{n:,} rows" for n in sizes) + " | ratio |",
@@ -88,8 +94,7 @@ def _load_table(r: dict[str, Any], a: argparse.Namespace) -> list[str]:
         return f"| {label} | " + " | ".join(cell(k) for k in keys) + " |"
 
     def ms(phase: str) -> Any:
-        return lambda k: (f"{statistics.median(column(r, phase, k, 'p50')):.1f} / "
-                          f"{statistics.median(column(r, phase, k, 'p99')):.1f}")
+        return lambda k: f"{median(column(r, phase, k, 'p50'))} / {median(column(r, phase, k, 'p99'))}"
 
     def total(phase: str, field: str) -> Any:
         return lambda k: f"{sum(column(r, phase, k, field)):,.0f}"
@@ -146,8 +151,7 @@ def _group_table(r: dict[str, Any], a: argparse.Namespace) -> list[str]:
         row(f"group of {a.members:,}, 1 sender × {a.group_inflight} in flight"
             f"{', receipts on' if a.receipts else ''}: deliveries/s", lambda k: spread(rates[k])),
         row("group: send → last member p50 / p99 ms",
-            lambda k: f"{statistics.median(column(r, 'group', k, 'p50')):.1f} / "
-                      f"{statistics.median(column(r, 'group', k, 'p99')):.1f}"),
+            lambda k: f"{median(column(r, 'group', k, 'p50'))} / {median(column(r, 'group', k, 'p99'))}"),
         row("group: errors / not delivered to every member, all rounds",
             lambda k: f"{sum(column(r, 'group', k, 'errors')):.0f} / {sum(column(r, 'group', k, 'incomplete')):.0f}"),
     ]
@@ -191,6 +195,8 @@ def save(doc: dict[str, Any]) -> Path:
     name = a.name or "-".join(p for p in parts if p)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{started:%Y-%m-%d}-{name}.json"
+    # The numbers first: should the table fail to render, they are kept all the same.
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     path.write_text(json.dumps({**doc, "table": report(doc)}, indent=1, default=str) + "\n")
     return path
 

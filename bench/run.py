@@ -138,9 +138,11 @@ def idle_rss(target: Running, pids: list[int], secret: str, clients: int) -> dic
     return {"idle_kib": (after - before) / max(1, clients - ready["refused"]), "idle_refused": ready["refused"]}
 
 
-def loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
-    """The message loads in interleaved rounds, the connect storms; then idle memory on fresh processes."""
-    results: dict[str, Any] = {}
+def loads(a: argparse.Namespace, secret: str, results: dict[str, Any]) -> None:
+    """The message loads in interleaved rounds, the connect storms; then idle memory on fresh processes.
+
+    Fills `results` as it goes, so a phase that fails leaves the earlier ones saved.
+    """
     with start_all(a.db, secret, "load") as running:
         pids = [r.pid for r in running.values()]
         print("checking the protocol shape of every target", file=sys.stderr, flush=True)
@@ -164,7 +166,6 @@ def loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
         for key, target in running.items():
             print(f"  idle RSS: {target.target.label}", file=sys.stderr, flush=True)
             results["idle"][key] = idle_rss(target, pids, secret, a.connects)
-    return results
 
 
 def cluster_loads(a: argparse.Namespace, secret: str) -> dict[str, Any]:
@@ -229,23 +230,29 @@ def main() -> int:
     secret = secrets.token_urlsafe(48)
     started, load_at_start = datetime.now(UTC), loadavg()
     results: dict[str, Any] = {}
-    if a.cluster:
-        results["cluster"] = cluster_loads(a, secret)
-    else:
-        if not a.skip_load:
-            results.update(loads(a, secret))
-        if not a.skip_queries:
-            results["queries"] = {}
-            for rows in [int(r) for r in a.rows.split(",")]:
-                print(f"queries at {rows} rows", file=sys.stderr, flush=True)
-                with database(a.db, f"q{rows}") as db_url:
-                    results["queries"][rows] = asyncio.run(query_times(db_url, rows))
+    try:
+        if a.cluster:
+            results["cluster"] = cluster_loads(a, secret)
+        else:
+            if not a.skip_load:
+                loads(a, secret, results)
+            if not a.skip_queries:
+                results["queries"] = {}
+                for rows in [int(r) for r in a.rows.split(",")]:
+                    print(f"queries at {rows} rows", file=sys.stderr, flush=True)
+                    with database(a.db, f"q{rows}") as db_url:
+                        results["queries"][rows] = asyncio.run(query_times(db_url, rows))
+    except BaseException as e:
+        # Twenty minutes of rounds are worth keeping when the last phase fails.
+        results["failed"] = f"{type(e).__name__}: {e}"
+        path = save(document(results, a, started, load_at_start))
+        print(f"the run failed; what it measured is in {path.relative_to(ROOT)}", file=sys.stderr)
+        raise
     doc = document(results, a, started, load_at_start)
     path = save(doc)
     print(report(doc))
     print(f"\nraw results: {path.relative_to(ROOT)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # the queries phase drives the server's own store
