@@ -18,12 +18,13 @@ APP_BUILT := $(NGAPP)/dist/chat-app/browser/index.html
 
 setup: $(STAMP) $(APP_BUILT)
 
-$(STAMP): pyproject.toml constraints.txt client-demo/package-lock.json
+$(STAMP): pyproject.toml constraints.txt client-demo/package-lock.json bench/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is required (the demo's socket.io-client and the JS tests): install Node.js 20+"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	cd client-demo && $(NPM_CI)
+	cd bench && $(NPM_CI)
 	touch $(STAMP)
 
 # make client: build and pack @chat-server/client (the tarball an app installs).
@@ -82,9 +83,15 @@ clean:
 	  $(CLIENT)/node_modules $(CLIENT)/dist $(CLIENT)/dist-pack \
 	  $(NGAPP)/node_modules $(NGAPP)/dist $(NGAPP)/.angular
 
-# make bench [BENCH_ARGS="--db sqlite" | "--quick"]: this server beside the stock
-# python-socketio relay under the same Node load; prints one table (bench/README.md).
-bench: setup
+# make bench [BENCH_ARGS="--db sqlite" | "--quick" | "--group"]: this server beside three
+# relays (python-socketio at its defaults, the same tuned, Node socket.io 4) under the
+# same Node load; prints one table (bench/README.md), keeps the rounds in bench/results/.
+BENCH_NODE := bench/node_modules/.package-lock.json
+
+$(BENCH_NODE): bench/package-lock.json
+	cd bench && $(NPM_CI)
+
+bench: setup $(BENCH_NODE)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # make chaos [CHAOS_ARGS="--only db-freeze,redis-sigstop --seconds 3"]: each network fault

@@ -1,13 +1,18 @@
 // Load generator for `make bench`: the real Node socket.io-client against a chat
-// server speaking the hub protocol (this server, or bench/relay.py).
+// server speaking the hub protocol (this server, bench/relay.py or bench/relay.mjs).
 //
 //   node bench/load.mjs closed  URL SECRET PAIRS INFLIGHT SECONDS [RECEIVER_URL]
 //     (with RECEIVER_URL the receivers connect there: across instances)
 //   node bench/load.mjs open    URL SECRET CLIENTS RATE SECONDS
 //   node bench/load.mjs connect URL SECRET CLIENTS
 //   node bench/load.mjs idle    URL SECRET CLIENTS     (connects, prints, waits for stdin to close)
+//   node bench/load.mjs group   URL SECRET MEMBERS INFLIGHT SECONDS join|create [RECEIPTS=1]
+//   node bench/load.mjs check   URL SECRET join|create (the protocol shape the loads rely on)
 //
 // Every receiver acknowledges each message with MessageReceived, as apps do.
+// Groups: `create` asks the server for one (CreateGroup, PROTOCOL.md "Groups");
+// `join` is the relays' way: every member sends JoinGroup(groupId) of a group id
+// the load picks (a relay has no membership to store).
 // Prints one JSON line of results on stdout.
 import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
@@ -136,6 +141,8 @@ async function openLoop(clients, rate, seconds) {
   const latencies = [];
   let errors = 0;
   let sent = 0;
+  let acked = 0;
+  let lastAck = performance.now();
   const pending = [];
   const started = performance.now();
   const total = Math.round(rate * seconds);
@@ -154,19 +161,25 @@ async function openLoop(clients, rate, seconds) {
         .timeout(30000)
         .emitWithAck("SendMessage", users[from], users[to], `open ${n}`, cid)
         .then((reply) => {
-          if (reply.ok) latencies.push(performance.now() - t0);
-          else errors += 1;
+          if (reply.ok) {
+            acked += 1;
+            lastAck = performance.now();
+            latencies.push(lastAck - t0);
+          } else errors += 1;
         })
         .catch(() => (errors += 1)),
     );
   }
   const sendingFor = (performance.now() - started) / 1000;
   await Promise.all(pending);
+  // Acked per second: acks received over the time from the first send to the last
+  // ack, so a server that falls behind the offered rate shows it (emits would not).
+  const ackedFor = Math.max(sendingFor, (lastAck - started) / 1000);
   await sleep(500);
   sockets.forEach((s) => s.close());
   return {
-    mode: "open", clients, offered: rate, sent, errors, sendingFor,
-    achieved: sent / sendingFor, ...summary(latencies),
+    mode: "open", clients, offered: rate, sent, acked, errors, sendingFor, ackedFor,
+    rate: acked / ackedFor, ...summary(latencies),
     delivered: delivered.length, delivery: summary(delivered),
   };
 }
@@ -191,12 +204,171 @@ async function idle(clients) {
   return null;
 }
 
+// Resolves with the event's arguments once `socket` gets `event` with arguments
+// that pass `test`; rejects after `ms`, naming what it waited for.
+function waitFor(socket, event, test = () => true, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off(event, listener);
+      reject(new Error(`no ${event} within ${ms} ms`));
+    }, ms);
+    function listener(...args) {
+      if (!test(...args)) return;
+      clearTimeout(timer);
+      socket.off(event, listener);
+      resolve(args);
+    }
+    socket.on(event, listener);
+  });
+}
+
+// A group the sockets' users are all in; null when the server has no groups yet.
+async function makeGroup(sockets, users, how, name) {
+  if (how === "create") {
+    const reply = await sockets[0].timeout(60000).emitWithAck("CreateGroup", `bench ${name}`, users.slice(1), name);
+    if (!reply.ok && reply.error?.code === "unknown_event") return null;
+    if (!reply.ok) throw new Error(`CreateGroup refused: ${JSON.stringify(reply.error)}`);
+    return reply.data.id;
+  }
+  if (how !== "join") throw new Error(`group members join or create, not ${how}`);
+  const groupId = `g-${name}`;
+  const replies = await Promise.all(sockets.map((s) => s.timeout(60000).emitWithAck("JoinGroup", groupId)));
+  const refused = replies.filter((r) => !r.ok).length;
+  if (refused) throw new Error(`${refused} JoinGroup calls refused`);
+  return groupId;
+}
+
+const NO_GROUPS = "server has no groups yet";
+
+// One sender, MEMBERS - 1 recipients, INFLIGHT sends in flight: each send counts as
+// done when its ack and its last recipient's ReceiveGroupMessage have arrived.
+async function groupLoad(members, inflight, seconds, how, receipts) {
+  const users = Array.from({ length: members }, (_, i) => `g${i}-${run}`); // users[0] sends
+  const { sockets, refused } = await connectAll(users, 100);
+  if (refused) throw new Error(`${refused} refused while setting up`);
+  const groupId = await makeGroup(sockets, users, how, run);
+  if (groupId === null) {
+    sockets.forEach((s) => s.close());
+    return { mode: "group", members, skipped: NO_GROUPS };
+  }
+  const recipients = members - 1;
+  const waiting = new Map(); // clientMessageId -> {left, resolve}
+  let deliveries = 0;
+  for (const socket of sockets.slice(1)) {
+    socket.on("ReceiveGroupMessage", (_groupId, dto) => {
+      deliveries += 1;
+      const w = waiting.get(dto.clientMessageId);
+      if (w && --w.left === 0) w.resolve(performance.now());
+      if (receipts) socket.emit("MessageReceived", dto.id, () => {});
+    });
+  }
+  const sender = sockets[0];
+  const acks = [];
+  const lasts = [];
+  let errors = 0;
+  let incomplete = 0;
+  let stop = false;
+  async function lane(l) {
+    let n = 0;
+    while (!stop) {
+      const cid = `${l}-${n++}-${run}`;
+      let timer;
+      const arrived = new Promise((resolve) => {
+        waiting.set(cid, { left: recipients, resolve });
+        timer = setTimeout(() => resolve(null), 30000);
+      });
+      const t0 = performance.now();
+      const reply = await sender
+        .timeout(30000)
+        .emitWithAck("SendGroupMessage", groupId, `m${n}`, cid)
+        .catch(() => ({ ok: false }));
+      if (reply.ok) acks.push(performance.now() - t0);
+      else errors += 1;
+      const last = reply.ok ? await arrived : null;
+      clearTimeout(timer);
+      waiting.delete(cid);
+      if (last !== null) lasts.push(last - t0);
+      else if (reply.ok) incomplete += 1; // acked, but some member never got it
+    }
+  }
+  const started = performance.now();
+  const lanes = Array.from({ length: inflight }, (_, l) => lane(l));
+  await sleep(seconds * 1000);
+  stop = true;
+  const elapsed = (performance.now() - started) / 1000;
+  const delivered = deliveries;
+  await Promise.all(lanes);
+  sockets.forEach((s) => s.close());
+  const last = summary(lasts);
+  return {
+    mode: "group", members, recipients, inflight, receipts: Boolean(receipts), seconds: elapsed,
+    messages: lasts.length, deliveries: delivered, rate: delivered / elapsed, errors, incomplete,
+    p50: last.p50, p99: last.p99, ack: summary(acks),
+  };
+}
+
+// The shapes the loads rely on, checked once per target before it is measured: a
+// target that answers fast but wrong must fail the run, not win it.
+async function check(how) {
+  const bad = io(`${URL}/chat`, { auth: { token: "not-a-token" }, transports: ["websocket"], reconnection: false });
+  const refusal = await new Promise((resolve) => {
+    bad.once("connect", () => resolve("connected"));
+    bad.once("connect_error", (err) => resolve(err?.data?.code));
+  });
+  bad.close();
+  if (refusal !== "unauthorized") throw new Error(`a bad token got ${refusal}, not unauthorized`);
+
+  const users = ["a", "b", "c"].map((u) => `${u}-${run}`);
+  const { sockets, refused } = await connectAll(users);
+  if (refused) throw new Error(`${refused} of 3 refused`);
+  const [a, b, c] = sockets;
+  const cid = `check-${run}`;
+  const arrival = waitFor(b, "ReceiveMessage", (...args) => args[4]?.clientMessageId === cid);
+  const sent = await a.timeout(10000).emitWithAck("SendMessage", users[0], users[1], "hi", cid);
+  if (!sent.ok || typeof sent.data !== "string") throw new Error(`SendMessage answered ${JSON.stringify(sent)}`);
+  const [from, text, id, status, dto] = await arrival;
+  if (from !== users[0] || text !== "hi" || id !== sent.data || status !== "sent" || dto.id !== id) {
+    throw new Error(`ReceiveMessage carried ${JSON.stringify([from, text, id, status, dto])}`);
+  }
+  const changed = waitFor(a, "MessageStatusChanged", (mid, s) => mid === id && s === "delivered");
+  const receipt = await b.timeout(10000).emitWithAck("MessageReceived", id);
+  if (!receipt.ok) throw new Error(`MessageReceived answered ${JSON.stringify(receipt)}`);
+  await changed;
+
+  let groups = "ok";
+  const groupId = await makeGroup(sockets, users, how, `check-${run}`);
+  if (groupId === null) groups = NO_GROUPS;
+  else {
+    const gcid = `gcheck-${run}`;
+    const heard = [b, c].map((s) => waitFor(s, "ReceiveGroupMessage", (g, d) => g === groupId && d?.clientMessageId === gcid));
+    let echoed = false;
+    a.on("ReceiveGroupMessage", () => (echoed = true));
+    const reply = await a.timeout(10000).emitWithAck("SendGroupMessage", groupId, "hi all", gcid);
+    if (!reply.ok) throw new Error(`SendGroupMessage answered ${JSON.stringify(reply)}`);
+    const got = await Promise.all(heard);
+    if (got.some(([, d]) => d.id !== reply.data || d.groupId !== groupId || d.senderId !== users[0])) {
+      throw new Error(`ReceiveGroupMessage carried ${JSON.stringify(got)}`);
+    }
+    const delivered = waitFor(a, "MessageStatusChanged", (mid, s) => mid === reply.data && s === "delivered");
+    for (const s of [b, c]) {
+      const r = await s.timeout(10000).emitWithAck("MessageReceived", reply.data);
+      if (!r.ok) throw new Error(`MessageReceived of a group message answered ${JSON.stringify(r)}`);
+    }
+    await delivered;
+    if (echoed) throw new Error("the sender got its own ReceiveGroupMessage");
+  }
+  sockets.forEach((s) => s.close());
+  return { mode: "check", ok: true, groups };
+}
+
 const n = rest.map(Number);
 let result;
 if (mode === "closed") result = await closed(n[0], n[1], n[2], rest[3] || URL);
 else if (mode === "open") result = await openLoop(n[0], n[1], n[2]);
 else if (mode === "connect") result = await connectStorm(n[0]);
 else if (mode === "idle") result = await idle(n[0]);
+else if (mode === "group") result = await groupLoad(n[0], n[1], n[2], rest[3], rest[4] === undefined ? 1 : n[4]);
+else if (mode === "check") result = await check(rest[0]);
 else throw new Error(`unknown mode ${mode}`);
 if (result) console.log(JSON.stringify(result));
 process.exit(0);
