@@ -80,10 +80,20 @@ def report(doc: dict[str, Any]) -> str:
         sizes = sorted(queries)
         lines += ["", "| query (median ms) | " + " | ".join(f"{n:,} rows" for n in sizes) + " | ratio |",
                   "|---|" + "---|" * (len(sizes) + 1)]
-        for q in ("history", "conversations", "sync_recent", "sync_start"):
+        for q in ("history", "conversations", "sync_recent", "sync_start", "group_list"):
+            if not all(q in queries[n] for n in sizes):
+                continue  # a run from before the row existed
             values = [queries[n][q] for n in sizes]
             lines.append(f"| {q} | " + " | ".join(f"{v:.2f}" for v in values)
                          + f" | {values[-1] / values[0]:.2f} |")
+    if r.get("group_writes"):
+        w = r["group_writes"]
+        lines += ["", "| rows written (MariaDB's own counters) | "
+                  + " | ".join(f"group of {int(k):,}" for k in w) + " |",
+                  "|---|" + "---|" * len(w),
+                  "| per group message sent | " + " | ".join(f"{v['rows_per_message']:.1f}" for v in w.values()) + " |",
+                  "| per member reading 100 messages | "
+                  + " | ".join(f"{v['rows_per_read_of_100']:.1f}" for v in w.values()) + " |"]
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from queries import query_times
+from queries import group_writes, query_times
 from report import document, loadavg, report, save
 from targets import (
     BENCH,
@@ -242,6 +242,10 @@ def main() -> int:
                     print(f"queries at {rows} rows", file=sys.stderr, flush=True)
                     with database(a.db, f"q{rows}") as db_url:
                         results["queries"][rows] = asyncio.run(query_times(db_url, rows))
+                if a.group:
+                    print("rows written per group message", file=sys.stderr, flush=True)
+                    with database(a.db, "gw") as db_url:
+                        results["group_writes"] = asyncio.run(group_writes(db_url))
     except BaseException as e:
         # Twenty minutes of rounds are worth keeping when the last phase fails.
         results["failed"] = f"{type(e).__name__}: {e}"

@@ -41,8 +41,6 @@ from app.storage.sql import (
     message_from_row,
     now_ms,
     stored,
-    update_by_id,
-    update_by_id_params,
 )
 
 if TYPE_CHECKING:
@@ -545,14 +543,23 @@ async def count_sent(batch: Batch, stored_messages: list[tuple[int, ChatMessage]
 
 
 async def _write_members(batch: Batch, rows: dict[int, dict[str, Any]]) -> None:
+    """Write members' positions and counts: one UPDATE per distinct set of values.
+
+    Members moving over the same range of a group end with the same values
+    (but for the few whose own messages were in it), so a thousand readers of
+    the latest message are one statement with a list of ids.
+    """
     columns = ("delivered_upto", "read_upto", "read_messages", "own_unread")
-    items = list(rows.items())
-    for chunk in chunks(items, 100):
-        part = dict(chunk)
-        await batch.execute(
-            update_by_id("chat_group_member", columns, len(part)),
-            update_by_id_params(columns, part),
-        )
+    alike: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for row_id, values in rows.items():
+        alike[tuple(int(values[c]) for c in columns)].append(row_id)
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    for values, ids in alike.items():
+        for chunk in chunks(ids):
+            await batch.execute(
+                f"UPDATE chat_group_member SET {sets} WHERE id IN ({marks(len(chunk))})",
+                [*values, *chunk],
+            )
 
 
 # -- positions: receipts on group messages, and MarkGroupRead --------------------------------
@@ -756,6 +763,7 @@ async def _answer_moves(
     )
     told: set[str] = set()
     last_read = {(m.group_id, m.user_id): m.index for m in moves if m.read}
+    receipts = {i for i, _, _ in batch.group_receipts}
     for move in moves:
         key = (move.group_id, move.user_id)
         member = members[key]
@@ -767,7 +775,7 @@ async def _answer_moves(
             positions.get(int(member["read_upto"]))
             if read_moved and last_read.get(key) == move.index else None
         )
-        if move.index in {i for i, _, _ in batch.group_receipts}:
+        if move.index in receipts:
             reached = (read0 if move.read else delivered0) >= move.target
             batch.answer(
                 move.index,

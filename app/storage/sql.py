@@ -50,26 +50,6 @@ class Sql:
         return f"{head} ON CONFLICT ({key}) DO UPDATE SET {sets}"
 
 
-def update_by_id(table: str, columns: Sequence[str], rows: int) -> str:
-    """One UPDATE that sets each row's own values: ``col = CASE id WHEN ? THEN ? ... END``.
-
-    Parameters: for each column, (id, value) per row; then the ids for the
-    WHERE. See :func:`update_by_id_params`.
-    """
-    cases = ", ".join(
-        f"{c} = CASE id {' '.join(['WHEN ? THEN ?'] * rows)} END" for c in columns
-    )
-    return f"UPDATE {table} SET {cases} WHERE id IN ({', '.join('?' * rows)})"
-
-
-def update_by_id_params(columns: Sequence[str], rows: Mapping[int, Mapping[str, Any]]) -> list[Any]:
-    params: list[Any] = []
-    for column in columns:
-        for row_id, values in rows.items():
-            params += [row_id, values[column]]
-    return params + list(rows)
-
-
 def now_ms() -> datetime:
     """Now in UTC, truncated to the millisecond the protocol shows."""
     now = datetime.now(UTC)
