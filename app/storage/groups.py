@@ -551,8 +551,8 @@ async def _write_members(batch: Batch, rows: dict[int, dict[str, Any]]) -> None:
     """
     columns = ("delivered_upto", "read_upto", "read_messages", "own_unread")
     alike: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for row_id, values in rows.items():
-        alike[tuple(int(values[c]) for c in columns)].append(row_id)
+    for row_id, row in rows.items():
+        alike[tuple(int(row[c]) for c in columns)].append(row_id)
     sets = ", ".join(f"{c} = ?" for c in columns)
     for values, ids in alike.items():
         for chunk in chunks(ids):
