@@ -641,13 +641,20 @@ async def move_positions(batch: Batch) -> None:
             delivered_ranges[(gid, delivered, int(member["delivered_upto"]))].append(user_id)
         if int(member["read_upto"]) > read:
             read_ranges[(gid, read, int(member["read_upto"]))].append(user_id)
-    for column, ranges in (("delivered_count", delivered_ranges), ("read_count", read_ranges)):
+    # Reading implies receiving: a reader who had received up to where they had read
+    # moves both counts over the same range, in one statement.
+    both = {key for key, movers in read_ranges.items() if delivered_ranges.get(key) == movers}
+    for columns, ranges in (
+        (("delivered_count", "read_count"), {k: read_ranges[k] for k in both}),
+        (("delivered_count",), {k: v for k, v in delivered_ranges.items() if k not in both}),
+        (("read_count",), {k: v for k, v in read_ranges.items() if k not in both}),
+    ):
         for (gid, low, high), movers in ranges.items():
+            step = f" + ? - (CASE WHEN sender_id IN ({marks(len(movers))}) THEN 1 ELSE 0 END)"
             await batch.execute(
-                f"UPDATE chat_message SET {column} = {column} + ?"
-                f" - (CASE WHEN sender_id IN ({marks(len(movers))}) THEN 1 ELSE 0 END)"
-                " WHERE pair_key = ? AND id > ? AND id <= ?",
-                [len(movers), *movers, group_thread(gid), low, high],
+                "UPDATE chat_message SET " + ", ".join(f"{c} = {c}{step}" for c in columns)
+                + " WHERE pair_key = ? AND id > ? AND id <= ?",
+                [*([len(movers), *movers] * len(columns)), group_thread(gid), low, high],
             )
     # Unread bookkeeping: how many messages each reader passed, how many of them their own.
     marked: dict[tuple[str, str], int] = {}
