@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.presence import Presence
     from app.groups import GroupService
     from app.service import ChatService
+    from app.shutdown import ShutdownClock
     from app.storage.store import Storage
     from handlers.backplane import RedisHubManager
     from handlers.chat import ChatNamespace
@@ -38,3 +39,5 @@ BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 # Only with CHAT_REDIS_URL: the presence client and the Socket.IO backplane.
 REDIS: web.AppKey[Redis] = web.AppKey("redis", Redis)
 BACKPLANE: web.AppKey[RedisHubManager] = web.AppKey("backplane")
+# When the shutdown must be over: the closing steps share what is left (app/shutdown.py).
+SHUTDOWN: web.AppKey[ShutdownClock] = web.AppKey("shutdown")

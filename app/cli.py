@@ -29,7 +29,9 @@ logger = logging.getLogger("chat-server")
 # aiohttp's 128 turns a reconnect storm into SYN retries of 1, 3, 7, 15 s.
 LISTEN_BACKLOG = 4096
 SHUTDOWN_TAIL_S = 0.5
-# Past the grace plus this, a shutdown that is still running is cut short.
+# Past the grace plus this, a shutdown that is still running is cut short. The
+# closing steps are bounded to finish before it (app/shutdown.py, CLOSING_S):
+# this timer is the last resort, and it exits with status 1 so the overrun shows.
 SHUTDOWN_OVERRUN_S = 0.95
 
 

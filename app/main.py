@@ -11,7 +11,7 @@ from aiohttp import web
 
 from app.appkeys import (
     BACKPLANE, BUDGETS, CHAT, CONFIG, DB, GROUPS, METRICS, NAMESPACE, PRESENCE, READINESS,
-    REDIS, SIO, STORE, VERIFIER,
+    REDIS, SHUTDOWN, SIO, STORE, VERIFIER,
 )
 from app.auth import TokenVerifier
 from app.cluster import MAINTAIN_EVERY_S, ClusterPresence, redis_client
@@ -21,9 +21,10 @@ from app.metrics import Metrics
 from app.presence import Audience, LocalPresence, Presence
 from app.groups import GroupService
 from app.service import ChatService
+from app.shutdown import CLOSING_S, ShutdownClock, within
 from app.storage.store import Storage
 from handlers import health
-from handlers.backplane import RedisHubManager
+from handlers.backplane import CLOSE_FLUSH_S, RedisHubManager
 from handlers.chat import NAMESPACE as HUB_NAMESPACE
 from handlers.chat import ChatNamespace
 from handlers.engine import (
@@ -133,6 +134,7 @@ def create_app(config: Config) -> web.Application:
         app.cleanup_ctx.append(cluster_ctx)  # Redis closes after presence has said goodbye
     app.cleanup_ctx.append(presence_ctx)
     app.cleanup_ctx.append(sio_ctx)
+    app[SHUTDOWN] = ShutdownClock()
     app.on_shutdown.append(drain_hub)
     app[READINESS] = {}
     app.add_routes(health.routes)
@@ -154,24 +156,27 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-# Shutdown runs after the drain, which took the grace: whatever the database
-# does, answering the queued writes and closing connections take this long at most.
-STORE_CLOSE_S = 0.5
+# The most each closing step takes; after a SIGTERM, less when less of the
+# shutdown's time is left (app/shutdown.py).
+STORE_CLOSE_S = 0.5  # answering the writes still queued
 DB_CLOSE_S = 0.3
+GOODBYE_S = 0.3  # presence and budgets taking this instance out of Redis
+REDIS_CLOSE_S = 0.1
 
 
 async def orm_ctx(app: web.Application) -> AsyncIterator[None]:
-    db = app[DB]
+    db, clock = app[DB], app[SHUTDOWN]
     await db.open()
     yield
-    await app[STORE].close(STORE_CLOSE_S)  # answer the writes still queued before the connections go
-    await db.close(DB_CLOSE_S)
+    await app[STORE].close(clock.share(STORE_CLOSE_S))  # answer the writes still queued first
+    await db.close(clock.share(DB_CLOSE_S))
 
 
 async def presence_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[PRESENCE].close()
-    await app[BUDGETS].close()
+    clock = app[SHUTDOWN]
+    await within("presence goodbye", app[PRESENCE].close(), clock.share(GOODBYE_S))
+    await within("budgets goodbye", app[BUDGETS].close(), clock.share(GOODBYE_S))
 
 
 async def sio_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -210,8 +215,10 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await app[BACKPLANE].close()
-    await app[REDIS].aclose()
+    clock = app[SHUTDOWN]
+    flush_s = clock.share(CLOSE_FLUSH_S)
+    await within("backplane", app[BACKPLANE].close(flush_s), flush_s + clock.share(REDIS_CLOSE_S))
+    await within("redis client", app[REDIS].aclose(), clock.share(REDIS_CLOSE_S))
 
 
 async def drain_hub(app: web.Application) -> None:
@@ -220,7 +227,9 @@ async def drain_hub(app: web.Application) -> None:
     Runs after the listening socket is closed and before the cleanup contexts,
     so the store is still open for the calls being finished.
     """
-    await app[NAMESPACE].drain(app[CONFIG].shutdown_grace_s)
+    grace_s = app[CONFIG].shutdown_grace_s
+    app[SHUTDOWN].start(grace_s + CLOSING_S)
+    await app[NAMESPACE].drain(grace_s)
 
 
 def _add_angular_app(app: web.Application, root: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,22 @@ class Served:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+async def terminate(served: Served, grace_s: float) -> tuple[float, int]:
+    """SIGTERM the server; return how long it took to exit and its exit status.
+
+    Waits up to grace + 5 s (the promise is grace + 1 s): a server still
+    running then fails the test, which kills it at teardown.
+    """
+    started = time.monotonic()
+    served.proc.send_signal(signal.SIGTERM)
+    while served.proc.poll() is None and time.monotonic() - started < grace_s + 5:
+        await asyncio.sleep(0.02)
+    took = time.monotonic() - started
+    status = served.proc.poll()
+    assert status is not None, f"the server still runs {took:.1f} s after SIGTERM"
+    return took, status
 
 
 class Serve(Protocol):

@@ -39,6 +39,7 @@ from tests.support import (
     free_port,
     make_token,
     service_missing,
+    terminate,
     wait_listening,
 )
 from tests.test_js_clients import CHROMIUM, CLIENTS, compiled, require_node, run  # noqa: F401
@@ -517,6 +518,28 @@ async def test_a_users_budgets_hold_across_instances_for_calls_rest_and_sockets(
 
 
 # -- a frozen Redis ----------------------------------------------------------------------------
+
+
+async def test_sigterm_exits_in_time_with_redis_frozen(
+    serve: Serve, own_redis: OwnRedis, connect: Connect
+) -> None:
+    """Goodbyes to a frozen Redis (presence, budgets, backplane) must not hold the exit."""
+    grace = 2
+    a, _ = await pair(serve, own_redis, CHAT_SHUTDOWN_GRACE_S=str(grace))
+    users = [await connect(a, f"u{i}") for i in range(4)]
+    await users[0].ok("SendMessage", "u0", "u1", "before", "t-0")
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Stored and acked while its publish waits on the frozen Redis.
+        await users[2].ok("SendMessage", "u2", "u3", "during", "t-1")
+        took, status = await terminate(a, grace)
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    log = a.log_text()
+    assert took <= grace + 1, f"exited after {took:.1f} s"
+    assert status == 0 and "exiting now" not in log, log[-2000:]
+    assert "Traceback" not in log, log
 
 
 async def test_a_frozen_redis_never_slows_a_send_and_each_socket_hears_sync_required_once(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.batching import Abandoned, BatchingQueue
+from app.batching import Abandoned, BatchingQueue, Interrupted
 from app.domain import Status
 from app.errors import Unavailable
 from app.storage.sql import IN_CHUNK, Room, as_datetime, chunks, marks, stored
@@ -142,6 +142,8 @@ class Conversations(Room):
         except Abandoned:
             logger.error("storage failure: a contacts lookup waited %s s", self._timeout_s)
             raise Unavailable("storage is unavailable, try again later") from None
+        except Interrupted:  # its batch was cancelled: the store is closing (shutdown)
+            raise Unavailable("storage is closing") from None
 
     @stored
     async def _peers_of(

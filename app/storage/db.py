@@ -200,12 +200,14 @@ class Database:
         network path would make it wait forever, so past the limit they are
         dropped.
         """
-        await self.writes.close()
+        loop = asyncio.get_running_loop()
+        by = loop.time() + timeout_s
+        await self.writes.close(timeout_s)
         if self._orm is None:
             return
         with self.bound():
             try:
-                await asyncio.wait_for(self._orm.close_connections(), timeout_s)
+                await asyncio.wait_for(self._orm.close_connections(), max(0.0, by - loop.time()))
             except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing regardless
                 logger.warning("storage: connections did not close in time (%r); dropped", exc)
                 for pool in self._pools():

@@ -29,6 +29,9 @@ from app.storage.messages import Messages
 from app.storage.sql import Sql
 from app.storage.users import USER_COLUMNS, UserChange
 
+# At shutdown, how long a batch told to stop resolving its COMMIT's outcome gets to end.
+RESOLVE_TAIL_S = 0.2
+
 
 class Storage:
     def __init__(
@@ -68,8 +71,10 @@ class Storage:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        # The end of the time is for a batch told to stop resolving to finish by itself.
+        tail_s = min(RESOLVE_TAIL_S, timeout_s / 2)
         for queue in (self._commit, self.conversations):
-            if not await queue.close(max(0.0, deadline - loop.time())):
+            if not await queue.close(max(0.0, deadline - tail_s - loop.time())):
                 self._db.writes.stop_resolving()
-                if not await queue.close(0.2):
+                if not await queue.close(max(0.0, deadline - loop.time())):
                     await queue.cancel()

@@ -218,14 +218,19 @@ class WriteConnections:
         """Shutdown: callers waiting on an unanswered COMMIT get OutcomeUnknown."""
         self._closing.set()
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = DISCARD_TIMEOUT_S) -> None:
+        """Close the idle connections together, within `timeout_s`; drop the ones that do not answer."""
         self._closing.set()
         idle, self._idle = self._idle, []
-        for link, _ in idle:
-            try:
-                await asyncio.wait_for(link.close(), DISCARD_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - closing regardless
-                link.abort()
+        closing = {asyncio.ensure_future(link.close()): link for link, _ in idle}
+        if not closing:
+            return
+        _, late = await asyncio.wait(closing, timeout=timeout_s)
+        for task, link in closing.items():
+            if task in late:
+                task.cancel()
+            if task in late or task.exception() is not None:
+                link.abort()  # closing regardless
 
 
 # -- MySQL / MariaDB ----------------------------------------------------------
