@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             f"instance {config.instance_id} over Redis" if config.redis_url else "one instance",
         )
         app = create_app(config)
+        tune_gc(app)
         app.on_shutdown.insert(0, _shutdown_deadline(config.shutdown_grace_s + SHUTDOWN_OVERRUN_S))
         # uvloop's event loop: the profile spends much of each message in loop plumbing.
         web.run_app(
@@ -118,6 +120,32 @@ def raise_open_file_limit() -> tuple[int, int]:
         except (ValueError, OSError) as exc:
             logger.warning("could not raise the open-file limit to %d: %s", hard, exc)
     return soft, hard
+
+
+# The cyclic garbage collector's thresholds (Python's: 700, 10, 10). At those,
+# py-spy and gc.callbacks showed the collector taking 30% of the CPU under the
+# group load (1,000 sockets): ~2 full collections a second, 55 ms each over
+# 250,000 objects, because the objects of a call in flight (futures, packets,
+# batch rows) outlive 700 allocations and reach the old generation. Here a
+# young collection comes every 50,000 net allocations (a few MB of garbage at
+# most), and a full one after 10 of the middle ones.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc(app: web.Application) -> None:
+    """Collect less often, and never scan what startup built (modules, the ORM, config).
+
+    gc.freeze() after startup moves every object alive then out of the
+    collector's sight: they live as long as the process, and full collections
+    then scan ~70,000 objects instead of ~250,000.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+    async def freeze(app: web.Application) -> None:  # after every cleanup context has opened
+        gc.collect()
+        gc.freeze()
+
+    app.on_startup.append(freeze)
 
 
 def _shutdown_deadline(limit_s: float) -> Callable[[web.Application], Awaitable[None]]:

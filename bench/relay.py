@@ -12,7 +12,8 @@ stack itself carries on this machine. Two settings:
 - ``--tuned`` (baseline b): every knob this server turns that a relay author
   could turn too, each below with what it mirrors: uvloop, orjson as the
   ``json=`` module, permessage-deflate off, a listen backlog of 4,096, packets
-  without the binary scan, emits without a task per recipient. It imports
+  without the binary scan, emits without a task per recipient, the garbage
+  collector's thresholds raised and startup's objects frozen. It imports
   nothing from this project: the subclasses are the relay's own.
 
 Groups, for the group load (bench/load.mjs ``group``): ``JoinGroup(groupId)``
@@ -29,6 +30,7 @@ aggregate status.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import uuid
 from collections import OrderedDict
@@ -48,7 +50,16 @@ KEEP_MESSAGES = 100_000  # message id -> sender, so receipts can be routed; no s
 # The server's listen backlog (app/cli.py LISTEN_BACKLOG); aiohttp's default is 128.
 TUNED_BACKLOG = 4096
 
+# The server's collector thresholds (app/cli.py GC_THRESHOLDS); Python's are 700, 10, 10.
+TUNED_GC_THRESHOLDS = (50_000, 20, 10)
+
 logger = logging.getLogger("relay")
+
+
+async def freeze_startup_objects(app: web.Application) -> None:
+    """What startup built lives as long as the process: out of the collector's sight (gc.freeze)."""
+    gc.collect()
+    gc.freeze()
 
 
 # -- the tuned relay's knobs: each mirrors what handlers/engine.py does for the server --
@@ -225,6 +236,10 @@ def main() -> None:
     app = build(a.secret, a.tuned)
     if a.tuned:
         import uvloop
+
+        # The server's garbage-collector settings (app/cli.py GC_THRESHOLDS, tune_gc).
+        gc.set_threshold(*TUNED_GC_THRESHOLDS)
+        app.on_startup.append(freeze_startup_objects)
 
         web.run_app(app, host="127.0.0.1", port=a.port, print=None,
                     loop=uvloop.new_event_loop(), backlog=TUNED_BACKLOG)
