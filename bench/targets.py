@@ -55,9 +55,10 @@ class Target:
 TARGETS = (
     Target("server", "this server", "create", lambda port, secret: SERVER),
     Target("a", "(a) python-socketio relay, defaults", "join",
-           lambda port, secret: [PYTHON, str(BENCH / "relay.py"), str(port), secret]),
+           # "--": a random secret may start with "-", which argparse would take for an option.
+           lambda port, secret: [PYTHON, str(BENCH / "relay.py"), "--", str(port), secret]),
     Target("b", "(b) python-socketio relay, tuned", "join",
-           lambda port, secret: [PYTHON, str(BENCH / "relay.py"), str(port), secret, "--tuned"]),
+           lambda port, secret: [PYTHON, str(BENCH / "relay.py"), "--tuned", "--", str(port), secret]),
     Target("c", "(c) Node socket.io 4 relay", "join",
            lambda port, secret: ["node", str(BENCH / "relay.mjs"), str(port), secret]),
 )
