@@ -225,10 +225,30 @@ function waitFor(socket, event, test = () => true, ms = 10000) {
 // A group the sockets' users are all in; null when the server has no groups yet.
 async function makeGroup(sockets, users, how, name) {
   if (how === "create") {
+    // Set up means every member has heard of the group (GroupChanged), as on the
+    // relays every JoinGroup has been answered: the load starts on a settled group.
+    const created = { id: null };
+    const heard = sockets.map((s) => new Promise((resolve) => {
+      const onChanged = (dto) => {
+        if (created.id !== null && dto.id !== created.id) return;
+        s.off("GroupChanged", onChanged);
+        resolve(dto.id);
+      };
+      s.on("GroupChanged", onChanged);
+    }));
     const reply = await sockets[0].timeout(60000).emitWithAck("CreateGroup", `bench ${name}`, users.slice(1), name);
     if (!reply.ok && reply.error?.code === "unknown_event") return null;
     if (!reply.ok) throw new Error(`CreateGroup refused: ${JSON.stringify(reply.error)}`);
-    return reply.data.id;
+    created.id = reply.data.id;
+    let timer;
+    const ids = await Promise.race([
+      Promise.all(heard),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error("not every member heard GroupChanged in 60 s")), 60000);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (ids.some((id) => id !== created.id)) throw new Error("a member heard of another group");
+    return created.id;
   }
   if (how !== "join") throw new Error(`group members join or create, not ${how}`);
   const groupId = `g-${name}`;
