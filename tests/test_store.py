@@ -258,3 +258,28 @@ async def test_sync_with_groups_never_skips_across_concurrent_writers(store) -> 
     assert "reader" not in page.groups[0].member_ids and not page.has_more
     again = await chat.sync("reader", page.cursor.encode(), 5)
     assert (again.messages, again.groups) == ([], [])
+
+
+async def test_a_member_who_reads_and_sends_in_one_batch_keeps_both(store) -> None:
+    """MarkGroupRead and a send to the same group by one member, in one batch: the
+    send's step must build on the position the read just moved, not on a copy read
+    before it (which would undo the read, and count the same messages again later)."""
+    s, _, batches = store
+    groups = GroupService(s, Metrics(), 1000)
+    gid = (await groups.create("alice", "team", ["bob", "carol"], None)).value.id
+    for i in range(3):
+        await groups.send("bob", gid, f"b{i}", None)
+    before = len(batches)
+    read, sent = await asyncio.gather(
+        groups.mark_read("alice", gid), groups.send("alice", gid, "mine", None)
+    )
+    assert batches[before:] == [2], "the read and the send went in one batch"
+    assert read.value == 3
+    alice = {c.id: c for c in await s.conversations.of("alice")}
+    assert alice[gid].unread == 0, "her own message is not unread, and bob's were read"
+    again = await groups.mark_read("alice", gid)
+    assert again.value == 0, "the read stayed read: nothing is counted twice"
+    receipts = await ChatService(
+        s, LocalPresence(Audience("contacts", s.conversations)), Metrics()
+    ).receipts("bob", (await groups.history("bob", gid, 0, 10))[-1].id)
+    assert receipts.read_count == 1, receipts

@@ -594,11 +594,17 @@ async def move_positions(batch: Batch) -> None:
             chunk,
         ):
             groups[row["id"]] = row
+    # A sender's row was read by check_sends, and count_sent writes it back after this
+    # step: moving that same row keeps the move (a copy read here would be overwritten).
+    senders: dict[tuple[str, str], dict[str, Any]] = batch.group_state.get("senders", {})
     members: dict[tuple[str, str], dict[str, Any]] = {}
     for gid in groups:
-        wanted = list({m.user_id for m in moves if m.group_id == gid})
-        for user_id, row in (await _member_rows(batch, gid, wanted)).items():
-            members[(gid, user_id)] = row
+        wanted = {m.user_id for m in moves if m.group_id == gid}
+        members.update({(gid, u): senders[(gid, u)] for u in wanted if (gid, u) in senders})
+        missing = [u for u in wanted if (gid, u) not in senders]
+        if missing:
+            for user_id, row in (await _member_rows(batch, gid, missing)).items():
+                members[(gid, user_id)] = row
 
     # Who may move, and to where: a member now, and (for a receipt) a recipient of that message.
     valid: list[_Move] = []
