@@ -479,7 +479,7 @@ class ClusterPresence:
         """Notices for a script's changes: a flat list of user, version, user, version..."""
         notices: list[Notice] = []
         for user, version in zip(changes[::2], changes[1::2]):
-            user_id = user.decode() if isinstance(user, bytes) else str(user)
+            user_id = _text(user)
             notices += await self._audience.notices(user_id, online, int(version))
         return notices
 

@@ -31,6 +31,8 @@ DISPLAY_NAME_MAX = 100
 CLIENT_MESSAGE_ID_MAX = 64
 GROUP_ID_MAX = 64
 GROUP_TITLE_MAX = 100
+# Messages in one page of history (GetMessageHistory, GetGroupHistory, REST).
+HISTORY_TAKE_MAX = 100
 
 
 # -- values -------------------------------------------------------------------
@@ -288,3 +290,10 @@ class Outcome(Generic[T]):
 
     value: T
     notices: tuple[Notice, ...] = field(default=())
+
+
+def paged(page: list[ChatMessage], limit: int) -> tuple[list[ChatMessage], str | None]:
+    """A page of `limit` from `limit + 1` read, and the id to continue before."""
+    more = len(page) > limit
+    page = page[:limit]
+    return page, (page[-1].id if more else None)

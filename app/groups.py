@@ -11,7 +11,10 @@ hears nothing of the group from then on, on any instance.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from app.domain import (
+    HISTORY_TAKE_MAX,
     ChatMessage,
     Group,
     GroupChanged,
@@ -22,6 +25,7 @@ from app.domain import (
     Outcome,
     ReadPositionMoved,
     StatusChanged,
+    paged,
 )
 from app.errors import Forbidden, InvalidArgument, NotFound
 from app.metrics import Metrics
@@ -35,9 +39,6 @@ from app.validation import (
     check_title,
     check_user_id,
 )
-
-HISTORY_TAKE_MAX = 100
-
 
 class GroupService:
     def __init__(self, storage: Storage, metrics: Metrics, max_group_size: int) -> None:
@@ -133,19 +134,13 @@ class GroupService:
                 raise NotFound("before names no message of this group")
             before_row = anchor.row
         page = await self._messages.group_history(gid, member.joined_row, before_row, 0, limit + 1)
-        more = len(page) > limit
-        page = page[:limit]
-        return page, (page[-1].id if more else None)
+        return paged(page, limit)
 
     async def mark_read(self, caller: str, group_id: str) -> Outcome[int]:
         """The caller's read position moves to the group's latest message."""
         gid = check_id(group_id, "groupId")
         marked = await self._groups.mark_read(caller, gid)
-        notices = [Notice.to_users(StatusChanged(m.id, m.status), m.sender_id) for m in marked.moved]
-        if marked.read_position is not None:
-            moved = ReadPositionMoved(gid, marked.read_position)
-            notices.append(Notice.to_users(moved, caller, except_caller=True))
-        return Outcome(marked.count, tuple(notices))
+        return Outcome(marked.count, read_notices(caller, gid, marked.moved, marked.read_position))
 
     async def typing(self, caller: str, group_id: str, is_typing: bool) -> Outcome[None]:
         """A typing notice for the other members. Nothing is stored."""
@@ -171,6 +166,19 @@ class GroupService:
         if len(distinct) > self._max_size:
             raise InvalidArgument(f"{name} must hold at most {self._max_size} user ids")
         return distinct
+
+
+def read_notices(
+    caller: str, group_id: str, moved: Iterable[ChatMessage], read_position: str | None
+) -> tuple[Notice, ...]:
+    """What a member's receipt or read tells others: each message whose aggregate status
+    moved, to its sender (never the reader); a new read position, to the reader's other
+    devices (their unread count clears)."""
+    notices = [Notice.to_users(StatusChanged(m.id, m.status), m.sender_id) for m in moved]
+    if read_position is not None:
+        position = ReadPositionMoved(group_id, read_position)
+        notices.append(Notice.to_users(position, caller, except_caller=True))
+    return tuple(notices)
 
 
 def _told(changed: Changed) -> Outcome[Group]:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from app.domain import (
+    HISTORY_TAKE_MAX,
     ChangePosition,
     ChatMessage,
     ConversationSummary,
@@ -30,8 +31,10 @@ from app.domain import (
     StatusChanged,
     SyncPage,
     TypingChanged,
+    paged,
 )
 from app.errors import Forbidden, InvalidArgument, NotFound
+from app.groups import read_notices
 from app.metrics import Metrics
 from app.presence import Presence
 from app.storage.messages import ReceiptOutcome, ReceiptResult
@@ -44,7 +47,6 @@ from app.validation import (
     check_user_id,
 )
 
-HISTORY_TAKE_MAX = 100
 SYNC_LIMIT_MAX = 500
 PENDING_PAGE = 500
 SUBSCRIBE_MAX = 500
@@ -159,7 +161,7 @@ class ChatService:
                 raise NotFound("before names no message of this conversation")
             before_row = anchor.row
         page = await self._messages.history_before(caller, other, before_row, limit + 1)
-        return _paged(page, limit)
+        return paged(page, limit)
 
     async def mark_status(self, caller: str, message_id: str, status: Status) -> Outcome[None]:
         """A receipt for one message: a direct one's status, or the caller's position in a group.
@@ -274,26 +276,10 @@ class ChatService:
         return Outcome(None, (Notice.to_users(TypingChanged(caller, is_typing), receiver),))
 
 
-def _paged(page: list[ChatMessage], limit: int) -> tuple[list[ChatMessage], str | None]:
-    """A page of `limit` from `limit + 1` read, and the id to continue before."""
-    more = len(page) > limit
-    page = page[:limit]
-    return page, (page[-1].id if more else None)
-
-
 def _receipt_notices(caller: str, outcome: ReceiptOutcome) -> tuple[Notice, ...]:
     if outcome.group_id is None:
         return tuple(_direct_status(m) for m in outcome.moved)
-    notices = [
-        # A group message's aggregate: its sender's sockets (the reader is not the sender).
-        Notice.to_users(StatusChanged(m.id, m.status), m.sender_id)
-        for m in outcome.moved
-    ]
-    if outcome.read_position is not None:
-        # The reader's other devices clear their unread count.
-        moved = ReadPositionMoved(outcome.group_id, outcome.read_position)
-        notices.append(Notice.to_users(moved, caller, except_caller=True))
-    return tuple(notices)
+    return read_notices(caller, outcome.group_id, outcome.moved, outcome.read_position)
 
 
 def _direct_status(message: ChatMessage) -> Notice:
