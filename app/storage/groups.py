@@ -41,6 +41,7 @@ from app.storage.sql import (
     message_from_row,
     now_ms,
     stored,
+    with_status,
 )
 
 if TYPE_CHECKING:
@@ -199,12 +200,23 @@ class Groups(Room):
 
     @stored
     async def groups(self, group_ids: list[str]) -> list[Group]:
+        """These groups with their members (Sync): three queries a chunk, not two a group."""
         found = []
         for chunk in chunks(group_ids):
-            for row in await self._rows(
+            rows = await self._rows(
                 f"SELECT {GROUP_COLUMNS} FROM chat_group WHERE id IN ({marks(len(chunk))})", chunk
+            )
+            if not rows:
+                continue
+            members: dict[str, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
+            for m in await self._rows(
+                "SELECT group_id, user_id, role, joined_at FROM chat_group_member"
+                f" WHERE group_id IN ({marks(len(members))}) AND active = ? ORDER BY joined_at, id",
+                [*members, True],
             ):
-                found.append(await _group(self._rows, row))
+                members[m["group_id"]].append(m)
+            named = await users.names(self._rows, [m["user_id"] for ms in members.values() for m in ms])
+            found += [_built(row, members[row["id"]], named) for row in rows]
         return found
 
     @stored
@@ -256,7 +268,10 @@ async def _group(query: Any, row: dict[str, Any]) -> Group:
         " WHERE group_id = ? AND active = ? ORDER BY joined_at, id",
         [row["id"], True],
     )
-    named = await users.names(query, [m["user_id"] for m in members])
+    return _built(row, members, await users.names(query, [m["user_id"] for m in members]))
+
+
+def _built(row: dict[str, Any], members: list[dict[str, Any]], named: dict[str, str]) -> Group:
     return Group(
         id=row["id"],
         title=row["title"],
@@ -733,18 +748,13 @@ async def _aggregates(
         # Stored for everyone; told only to senders still in the group (one who left
         # hears nothing of it any more).
         moved[gid] = [
-            _with(message_from_row(r), now_status[int(r["id"])], seq)
+            with_status(message_from_row(r), now_status[int(r["id"])], seq)
             for r in rows
             if r["sender_active"]
         ]
     return moved
 
 
-def _with(m: ChatMessage, status: Status, seq: int) -> ChatMessage:
-    return ChatMessage(
-        m.row, m.id, m.sender_id, m.receiver_id, m.text, status, m.created_at,
-        m.client_message_id, seq, m.group_id,
-    )
 
 
 def _position_at(member_id: int, member: dict[str, Any]) -> Witness:

@@ -25,6 +25,7 @@ from app.storage.sql import (
     now_ms,
     pair_key,
     stored,
+    with_status,
 )
 
 if TYPE_CHECKING:
@@ -278,9 +279,9 @@ async def move_statuses(batch: Batch) -> None:
         outcome = batch.outcomes[i]
         if isinstance(w, Receipt) and isinstance(outcome, ReceiptOutcome) and outcome.moved:
             if outcome.moved[0].group_id is None:
-                outcome.moved = [_as_moved(m, moves.status[m.row], seq) for m in outcome.moved]
+                outcome.moved = [with_status(m, moves.status[m.row], seq) for m in outcome.moved]
         elif isinstance(w, ReadAll):
-            batch.answer(i, [_as_moved(m, moves.status[m.row], seq) for m in outcome])
+            batch.answer(i, [with_status(m, moves.status[m.row], seq) for m in outcome])
 
 
 def _moved_to(moves: DirectMoves, rows: list[int], seq: int) -> Witness:
@@ -410,11 +411,3 @@ def _repeat(first: ChatMessage, again: NewMessage) -> Sent | InvalidArgument:
     ):
         return InvalidArgument("clientMessageId was already used for another message")
     return Sent(first, False)
-
-
-def _as_moved(m: ChatMessage, status: Status, seq: int) -> ChatMessage:
-    # Not dataclasses.replace(): it showed in the profile, once per receipt.
-    return ChatMessage(
-        m.row, m.id, m.sender_id, m.receiver_id, m.text, status, m.created_at,
-        m.client_message_id, seq, m.group_id,
-    )

@@ -91,6 +91,15 @@ def message_from_row(row: Mapping[str, Any]) -> ChatMessage:
     )
 
 
+def with_status(m: ChatMessage, status: Status, seq: int) -> ChatMessage:
+    """The message with a new status, taken at change `seq`."""
+    # Not dataclasses.replace(): it showed in the profile, once per receipt.
+    return ChatMessage(
+        m.row, m.id, m.sender_id, m.receiver_id, m.text, status, m.created_at,
+        m.client_message_id, seq, m.group_id,
+    )
+
+
 def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
