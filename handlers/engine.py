@@ -75,7 +75,6 @@ class HubServer(socketio.AsyncServer):
         self._on_protocol_error = on_protocol_error
         self._on_cut_off = on_cut_off
         self._closing: set[asyncio.Task[None]] = set()
-        self._complained: set[str] = set()  # eio sids already logged and being closed
         # The TCP connection each engine.io session is on now (its latest request).
         self._transports: dict[str, asyncio.Transport] = {}
         # Sessions that have not joined /chat: eio sid -> client address, and counts.
@@ -161,9 +160,8 @@ class HubServer(socketio.AsyncServer):
         # The frames a client sent before its socket closes arrive all the same:
         # one line per socket, never the frame itself. (``eio.sockets``: engine.io's
         # sessions by id, an undocumented attribute; docs/internals.md#eiosockets)
-        if eio_sid in self._complained or eio_sid not in self.eio.sockets:
-            return  # said already, or the socket is gone
-        self._complained.add(eio_sid)
+        if eio_sid not in self.eio.sockets:
+            return  # said already (cut_off takes it out at once), or the socket is gone
         logger.warning("closing engine.io session %s: %s", eio_sid, kind)
         if self._on_protocol_error is not None:
             self._on_protocol_error(kind)
@@ -207,18 +205,17 @@ class HubServer(socketio.AsyncServer):
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    # Private hook (python-socketio 5.18.1): engine.io's "disconnect" handler; the
-    # namespace's disconnect runs only for sockets that joined it.
-    # docs/internals.md#asyncserver_handle_eio_disconnect
     async def cut_off_settled(self, timeout_s: float) -> None:
         """Wait (up to `timeout_s`) for the sessions cut off to finish closing: their
         disconnect handlers (presence, goodbyes to the other instances) have run."""
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=timeout_s)
 
+    # Private hook (python-socketio 5.18.1): engine.io's "disconnect" handler; the
+    # namespace's disconnect runs only for sockets that joined it.
+    # docs/internals.md#asyncserver_handle_eio_disconnect
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
-        self._complained.discard(eio_sid)
         self.authenticated(eio_sid)  # gone: it no longer counts either way
         self._transports.pop(eio_sid, None)
         socket = self.eio.sockets.get(eio_sid)  # docs/internals.md#asyncsocketqueue-close-upgraded

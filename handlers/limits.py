@@ -181,6 +181,8 @@ class UserBudgets:
 # -- across instances ---------------------------------------------------------
 
 BUDGET_PREFIX = "chat:budget:"
+# A user's sockets across instances: this prefix and the user id (admit, release, re-assert).
+SOCKETS_PREFIX = f"{BUDGET_PREFIX}sockets:"
 # The longest a call waits for Redis to answer its budget before this instance
 # decides alone. A budget check is on the path of every call: a Redis that is
 # slow or frozen must cost a call no more than this.
@@ -308,6 +310,8 @@ class ClusterBudgets:
     ) -> None:
         self._redis = redis
         self._instance = instance_id
+        # Alive while this instance renews it; its sockets are forgotten with it.
+        self._marker = f"{BUDGET_PREFIX}instance:{instance_id}"
         self._rate = rate_per_s
         self._burst = burst
         self._max_sockets = max_sockets
@@ -343,7 +347,7 @@ class ClusterBudgets:
         return not self._down
 
     def _socket_key(self, user_id: str) -> str:
-        return f"{BUDGET_PREFIX}sockets:{user_id}"
+        return f"{SOCKETS_PREFIX}{user_id}"
 
     # -- spending ---------------------------------------------------------------
 
@@ -518,9 +522,8 @@ class ClusterBudgets:
         """Each heartbeat: re-assert this instance's sockets if Redis may have lost them."""
         if self._down:
             return  # the probe re-asserts once Redis is back
-        marker = f"{BUDGET_PREFIX}instance:{self._instance}"
         try:
-            if await bounded(self._redis.pexpire(marker, self._ttl_ms), PROBE_WAIT_S, self._lingering):
+            if await bounded(self._redis.pexpire(self._marker, self._ttl_ms), PROBE_WAIT_S, self._lingering):
                 return
             await self._reassert_all()
         except Exception as exc:  # noqa: BLE001
@@ -536,7 +539,7 @@ class ClusterBudgets:
                 PROBE_WAIT_S, self._lingering,
             )
             await bounded(
-                self._redis.set(f"{BUDGET_PREFIX}instance:{self._instance}", 1, px=self._ttl_ms),
+                self._redis.set(self._marker, 1, px=self._ttl_ms),
                 PROBE_WAIT_S, self._lingering,
             )
             self._touched.clear()
@@ -551,7 +554,7 @@ class ClusterBudgets:
             entries += [f"{user}\t{s}" for s in sockets] or [f"{user}\t"]
         if entries:
             await self._reassert(
-                [], [self._instance, f"{BUDGET_PREFIX}sockets:", SOCKETS_TTL_MS, *entries]
+                [], [self._instance, SOCKETS_PREFIX, SOCKETS_TTL_MS, *entries]
             )
 
     async def close(self) -> None:
@@ -567,7 +570,7 @@ class ClusterBudgets:
         try:
             async with asyncio.timeout(PROBE_WAIT_S):  # shutting down: cancelling is fine
                 await self._reassert_users(users, holding=False)
-                await self._redis.delete(f"{BUDGET_PREFIX}instance:{self._instance}")
+                await self._redis.delete(self._marker)
         except Exception as exc:  # noqa: BLE001 - they go with this instance's heartbeat
             logger.warning("budgets: could not take this instance's sockets out of Redis (%s)", exc)
         await self.local.close()

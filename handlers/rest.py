@@ -26,10 +26,14 @@ from aiohttp import web
 
 from app.appkeys import BUDGETS, CHAT, CONFIG, GROUPS, METRICS, VERIFIER
 from app.auth import Identity, TokenVerifier, bearer_token
+from app.domain import ChatMessage
 from app.errors import ChatError, InvalidArgument, RateLimited, Unauthorized, client_error
 from handlers.http import request_address
 from handlers.limits import retry_after_s
 from handlers.wire import conversation_dto, group_dto, message_dto
+
+# ChatService.history_page and GroupService.history_page: (caller, thread, before, limit).
+HistoryPage = Callable[[str, str, str | None, int], Awaitable[tuple[list[ChatMessage], str | None]]]
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +159,7 @@ async def conversations(request: web.Request) -> web.Response:
 
 @routes.get("/api/conversations/{userId}/messages")
 async def messages(request: web.Request) -> web.Response:
-    caller = request[IDENTITY].user_id
-    limit = _int_query(request, "limit", 50)
-    before = request.query.get("before") or None
-    page, next_before = await request.app[CHAT].history_page(
-        caller, request.match_info["userId"], before, limit
-    )
-    return web.json_response(
-        {"messages": [message_dto(m) for m in page], "nextBefore": next_before}
-    )
+    return await _history(request, request.app[CHAT].history_page, request.match_info["userId"])
 
 
 @routes.get("/api/groups/{groupId}")
@@ -175,12 +171,14 @@ async def group(request: web.Request) -> web.Response:
 
 @routes.get("/api/groups/{groupId}/messages")
 async def group_messages(request: web.Request) -> web.Response:
-    caller = request[IDENTITY].user_id
+    return await _history(request, request.app[GROUPS].history_page, request.match_info["groupId"])
+
+
+async def _history(request: web.Request, history_page: HistoryPage, thread: str) -> web.Response:
+    """A cursor page of a direct conversation's or a group's history (newest first)."""
     limit = _int_query(request, "limit", 50)
     before = request.query.get("before") or None
-    page, next_before = await request.app[GROUPS].history_page(
-        caller, request.match_info["groupId"], before, limit
-    )
+    page, next_before = await history_page(request[IDENTITY].user_id, thread, before, limit)
     return web.json_response(
         {"messages": [message_dto(m) for m in page], "nextBefore": next_before}
     )
