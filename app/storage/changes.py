@@ -29,8 +29,10 @@ CHANGE_COUNTER = "change"
 
 async def lock(batch: Batch) -> None:
     """Hold the counter's row without taking a number: what the batch reads next is current."""
+    if not batch.sql.mysql:
+        return  # SQLite: the batch's BEGIN IMMEDIATE holds the whole database already
     await batch.query(
-        f"SELECT value FROM chat_counter WHERE name = ?{batch.sql.for_update}", [CHANGE_COUNTER]
+        "SELECT value FROM chat_counter WHERE name = ? FOR UPDATE", [CHANGE_COUNTER]
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from tortoise import context as tortoise_context
 from tortoise.backends.base.client import TransactionContextPooled, TransactionalDBClient
@@ -26,7 +26,7 @@ from tortoise.transactions import in_transaction
 from app.config import Config, ConfigError
 from app.errors import Unavailable
 from app.storage.failures import is_storage_failure
-from app.storage.writer import WriteConnections, driver_for
+from app.storage.writer import WriteConnections, driver_for, with_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -41,34 +41,11 @@ def tortoise_config(database_url: str, lock_wait_s: int | None = None) -> dict[s
     # different dialects cannot be open at the same time in one process.
     name = urlsplit(database_url).scheme
     return {
-        "connections": {name: _with_defaults(database_url, lock_wait_s)},
+        "connections": {name: with_defaults(database_url, lock_wait_s)},
         "apps": {APP_LABEL: {"models": ["models", "aerich.models"], "default_connection": name}},
         "use_tz": True,
         "timezone": "UTC",
     }
-
-
-def _with_defaults(url: str, lock_wait_s: int | None = None) -> str:
-    """Add the driver options this server relies on unless the URL sets them."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    if parts.scheme == "sqlite":
-        # An acknowledged message must survive a crash: fsync every commit.
-        query.setdefault("synchronous", "FULL")
-        query.setdefault("busy_timeout", "5000")
-        path = Path(parts.netloc + parts.path)
-        if path.parent != Path("."):
-            path.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        # utf8mb4 is what makes emoji round-trip on MySQL.
-        query.setdefault("charset", "utf8mb4")
-        query.setdefault("maxsize", "20")
-        if lock_wait_s is not None:
-            # Let the database give up on a lock it cannot get, inside the call's
-            # time limit: the statement fails and the transaction rolls back
-            # cleanly, where cancelling it from Python would break the connection.
-            query.setdefault("init_command", f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}")
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def lock_wait_s(config: Config) -> int:

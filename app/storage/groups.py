@@ -149,6 +149,16 @@ class MemberCache:
         if len(self._lists) > self._size:
             self._lists.popitem(last=False)
 
+    async def members(self, query: Any, group_id: str, seq: int, keep: bool = True) -> tuple[str, ...]:
+        """The group's members at change `seq`: cached, or read by `query` (and kept if `keep`)."""
+        cached = self.get(group_id, seq)
+        if cached is not None:
+            return cached
+        listed = await _member_ids(query, group_id)
+        if keep:
+            self.put(group_id, seq, listed)
+        return listed
+
 
 # -- the room ---------------------------------------------------------------------------
 
@@ -241,13 +251,7 @@ class Groups(Room):
         rows = await self._rows("SELECT change_seq FROM chat_group WHERE id = ?", [group_id])
         if not rows:
             raise NotFound("no such group")
-        seq = int(rows[0]["change_seq"])
-        cached = self._members.get(group_id, seq)
-        if cached is not None:
-            return cached
-        listed = await _member_ids(self._rows, group_id)
-        self._members.put(group_id, seq, listed)
-        return listed
+        return await self._members.members(self._rows, group_id, int(rows[0]["change_seq"]))
 
     @stored
     async def read_by(self, group_id: str, message_row: int, sender_id: str) -> tuple[str, ...]:
@@ -512,13 +516,8 @@ async def check_sends(batch: Batch, new: list[tuple[int, NewMessage]]) -> list[t
 
 async def _members_now(batch: Batch, group: dict[str, Any]) -> tuple[str, ...]:
     seq = int(group["change_seq"])
-    cached = batch.members.get(group["id"], seq)
-    if cached is not None:
-        return cached
-    listed = await _member_ids(batch.query, group["id"])
-    if seq != batch.seq:  # changed by this batch, not committed yet: not for the cache
-        batch.members.put(group["id"], seq, listed)
-    return listed
+    # A list this batch changed is not committed yet: not for the cache.
+    return await batch.members.members(batch.query, group["id"], seq, keep=seq != batch.seq)
 
 
 async def count_sent(batch: Batch, stored_messages: list[tuple[int, ChatMessage]]) -> None:

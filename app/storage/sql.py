@@ -28,8 +28,6 @@ class Sql:
 
     def __init__(self, dialect: str) -> None:
         self.mysql = dialect == "mysql"
-        # SQLite has no row locks: BEGIN IMMEDIATE took the database's write lock.
-        self.for_update = " FOR UPDATE" if self.mysql else ""
 
     def __call__(self, statement: str) -> str:
         """Write statements with ``?`` placeholders; MySQL's driver wants ``%s``."""

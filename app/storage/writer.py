@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from app.errors import OutcomeUnknown
 from app.storage.failures import is_storage_failure
@@ -284,7 +284,8 @@ class MySQLLink:
 class MySQL:
     """Opens connections like the ORM's (utf8mb4, the lock wait limit), one at a time."""
 
-    def __init__(self, url: str, lock_wait_s: int, connect_timeout_s: float) -> None:
+    def __init__(self, url: str, connect_timeout_s: float) -> None:
+        """`url` with the defaults in (with_defaults): the ORM's charset and lock wait."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self._options = {
@@ -293,11 +294,11 @@ class MySQL:
             "user": unquote(parts.username or "root"),
             "password": unquote(parts.password or ""),
             "db": parts.path.lstrip("/"),
-            "charset": query.get("charset", "utf8mb4"),
+            "charset": query["charset"],
             "autocommit": False,
             "connect_timeout": connect_timeout_s,
             # A lock that cannot be had fails the statement inside the call's time.
-            "init_command": f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}",
+            "init_command": query["init_command"],
         }
 
     async def open(self) -> Link:
@@ -397,8 +398,8 @@ class SQLite:
         query = dict(parse_qsl(parts.query))
         self._pragmas = {
             "journal_mode": "WAL",
-            "synchronous": query.get("synchronous", "FULL"),
-            "busy_timeout": query.get("busy_timeout", "5000"),
+            "synchronous": query["synchronous"],
+            "busy_timeout": query["busy_timeout"],
             "foreign_keys": "ON",
         }
 
@@ -416,6 +417,34 @@ class SQLite:
 
 
 def driver_for(database_url: str, lock_wait_s: int, connect_timeout_s: float) -> Driver:
-    if database_url.startswith("mysql://"):
-        return MySQL(database_url, lock_wait_s, connect_timeout_s)
-    return SQLite(database_url)
+    url = with_defaults(database_url, lock_wait_s)
+    if url.startswith("mysql://"):
+        return MySQL(url, connect_timeout_s)
+    return SQLite(url)
+
+
+def with_defaults(url: str, lock_wait_s: int | None = None) -> str:
+    """Add the driver options this server relies on unless the URL sets them.
+
+    The ORM's connections and the write path's own ones both open from it, so
+    they cannot drift apart.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "sqlite":
+        # An acknowledged message must survive a crash: fsync every commit.
+        query.setdefault("synchronous", "FULL")
+        query.setdefault("busy_timeout", "5000")
+        path = Path(parts.netloc + parts.path)
+        if path.parent != Path("."):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # utf8mb4 is what makes emoji round-trip on MySQL.
+        query.setdefault("charset", "utf8mb4")
+        query.setdefault("maxsize", "20")
+        if lock_wait_s is not None:
+            # Let the database give up on a lock it cannot get, inside the call's
+            # time limit: the statement fails and the transaction rolls back
+            # cleanly, where cancelling it from Python would break the connection.
+            query.setdefault("init_command", f"SET SESSION innodb_lock_wait_timeout={lock_wait_s}")
+    return urlunsplit(parts._replace(query=urlencode(query)))
