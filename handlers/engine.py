@@ -96,6 +96,9 @@ class HubServer(socketio.AsyncServer):
             self._refuse_pending(address)
             return False  # engine.io answers 401 and forgets the session
         result = await super()._handle_eio_connect(eio_sid, environ)
+        socket = self.eio.sockets.get(eio_sid)  # made, with its queue, before this hook
+        if socket is not None and isinstance(socket.queue, OutgoingQueue):
+            socket.queue.owner = eio_sid  # so an overflow finds its session without a search
         self._pending[eio_sid] = address
         self._pending_at[address] += 1
         if request is not None:
@@ -169,16 +172,16 @@ class HubServer(socketio.AsyncServer):
 
     def overflowed(self, queue: OutgoingQueue) -> None:
         """A socket's outgoing queue passed the buffer limit: a slow consumer, cut off."""
-        for eio_sid, socket in self.eio.sockets.items():
-            if socket.queue is queue:
-                logger.warning(
-                    "closing engine.io session %s: a slow consumer (%d characters waiting)",
-                    eio_sid, queue.size,
-                )
-                if self._on_cut_off is not None:
-                    self._on_cut_off("slow consumer")
-                self.cut_off(eio_sid)
-                return
+        eio_sid = queue.owner
+        if eio_sid is None or eio_sid not in self.eio.sockets:
+            return  # gone already
+        logger.warning(
+            "closing engine.io session %s: a slow consumer (%d characters waiting)",
+            eio_sid, queue.size,
+        )
+        if self._on_cut_off is not None:
+            self._on_cut_off("slow consumer")
+        self.cut_off(eio_sid)
 
     def cut_off(self, eio_sid: str, answering: asyncio.BaseTransport | None = None) -> None:
         """End a session now: its queue dropped, its TCP connection aborted, no CLOSE packet.

@@ -89,6 +89,8 @@ class OutgoingQueue(asyncio.Queue[Any]):
         self.limit = limit
         self.size = 0
         self.overflowed = False
+        # The engine.io session it belongs to, set at the handshake (the queue is made first).
+        self.owner: str | None = None
         self._on_overflow = on_overflow
         super().__init__()
 
